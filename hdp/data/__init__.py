@@ -1,0 +1,1 @@
+"""Data: synthetic length distributions, length files, corpora and per-rank loading."""

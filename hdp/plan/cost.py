@@ -1,0 +1,157 @@
+"""The cost model: time and activation memory of sequences on one HDP rank.
+
+Per layer, a sequence of ``s`` tokens costs ``T(s) = attn(s) + linear(s) + c``: attention FLOPs
+(quadratic) at the efficiency measured for documents of that length (short documents are slower per
+FLOP: the penalty in the calibration), linear FLOPs at the measured GEMM rate, and a fixed per
+micro-batch overhead ``c``. Activations are ``Act(s) = a2*s + b2`` bytes per layer. ``quadratic()``
+gives the least-squares ``(a, b, c)`` for readers that want the closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hdp.plan.device import DeviceProfile, load_profile
+from hdp.plan.model_config import ModelConfig, get_model
+
+ATTN_FWD_SHARE = 1.0 / 3.5
+"""Causal flash attention: backward costs 2.5x forward (the calibration's fwd vs fwd+bwd FLOPs)."""
+LINEAR_FWD_SHARE = 1.0 / 3.0
+"""Matmuls: backward is two matmuls for every forward one."""
+ACT_BYTES = 2
+"""Saved activations are kept in bf16."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Times are seconds of forward+backward for the layers one HDP rank (or pipeline stage) holds."""
+
+    model: ModelConfig
+    device: DeviceProfile
+    tp: int = 1
+    """Tensor-parallel size of one HDP rank: FLOPs and activations are split tp ways."""
+    pp: int = 1
+    """Pipeline stages per HDP rank: each stage holds num_layers / pp layers."""
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.pp < 1:
+            raise ValueError("tp and pp must be >= 1")
+        if self.pp > self.model.num_layers:
+            raise ValueError(f"pp={self.pp} exceeds the model's {self.model.num_layers} layers")
+
+    @property
+    def layers(self) -> int:
+        """Layers on one pipeline stage (all of them when pp == 1)."""
+        return math.ceil(self.model.num_layers / self.pp)
+
+    # -- time ----------------------------------------------------------------------------------------
+    def attn_layer_time(self, seq_len: float, doc_len: float | None = None) -> float:
+        """Fwd+bwd attention of one layer over a causal sequence; ``doc_len`` sets the efficiency."""
+        flops = 3.5 * self.model.attention_flops_fwd(seq_len) / self.tp
+        return flops / (self.device.attn_efficiency(doc_len or seq_len) * 1e12)
+
+    def linear_layer_time(self, tokens: float) -> float:
+        flops = 3.0 * self.model.linear_flops_per_token_layer * tokens / self.tp
+        return flops / (self.device.gemm_efficiency(max(tokens, 1.0)) * 1e12)
+
+    def seq_time(self, length: int, ring_size: int = 1) -> float:
+        """Fwd+bwd time on one rank of its share of a sequence (all layers of the rank, no overhead).
+
+        A ring member holds L/k tokens and does 1/k of the causal attention work (zig-zag), in
+        blocks of L/(2k) tokens: the block size sets the attention efficiency.
+        """
+        k = ring_size
+        attn = self.attn_layer_time(length, doc_len=length / (2 * k) if k > 1 else length) / k
+        return self.layers * (attn + self.linear_layer_time(length / k))
+
+    def micro_batch_overhead(self, ring_size: int = 1) -> float:
+        """Fixed cost of one micro-batch: per layer one launch set, k block steps in a ring."""
+        return self.layers * self.device.layer_overhead_s * max(ring_size, 1)
+
+    def layer_time(self, length: int) -> float:
+        """T(s): fwd+bwd of one layer for one whole sequence, with its overhead."""
+        return self.attn_layer_time(length) + self.linear_layer_time(length) + self.device.layer_overhead_s
+
+    def layer_time_fwd(self, length: float) -> float:
+        return ATTN_FWD_SHARE * self.attn_layer_time(length) + LINEAR_FWD_SHARE * self.linear_layer_time(length)
+
+    def quadratic(self, lo: int = 512, hi: int = 2 ** 21) -> tuple[float, float, float]:
+        """Least-squares (a, b, c) of T(s) = a*s^2 + b*s + c over log-spaced lengths in [lo, hi]."""
+        xs = [lo * 2 ** (i / 4) for i in range(int(4 * math.log2(hi / lo)) + 1)]
+        # Weight each point by 1/T(s)^2 so the fit is good in relative terms at every length.
+        rows = [(x * x, x, 1.0, self.layer_time(int(x))) for x in xs]
+        ata = [[0.0] * 3 for _ in range(3)]
+        atb = [0.0] * 3
+        for *f, y in rows:
+            w = 1.0 / (y * y)
+            for i in range(3):
+                atb[i] += w * f[i] * y
+                for j in range(3):
+                    ata[i][j] += w * f[i] * f[j]
+        return tuple(_solve3(ata, atb))  # type: ignore[return-value]
+
+    # -- memory --------------------------------------------------------------------------------------
+    @property
+    def act_bytes_per_token_layer(self) -> float:
+        """a2 of Act(s): saved activations of one LLaMA layer per token (flash attention, no s^2).
+
+        Inputs of both norms and the residuals (4h), Q/K/V (h + 2 kv), attention output (h),
+        gate, up, SiLU(gate) and their product (4 ffn); bf16, split tp ways.
+        """
+        m = self.model
+        return ACT_BYTES * (6 * m.hidden_size + 2 * m.kv_dim + 4 * m.ffn_size) / self.tp
+
+    def act_bytes(self, tokens: float) -> float:
+        """Act(s) for one layer."""
+        return self.act_bytes_per_token_layer * tokens
+
+    def model_state_bytes(self, num_ranks: int) -> float:
+        """bf16 weights and grads per rank, fp32 master weights and Adam moments sharded (ZeRO-1)."""
+        params = self.model.num_params / (self.tp * self.pp)
+        return params * (2 + 2) + params * 12 / max(num_ranks, 1)
+
+    def derived_capacity(self, num_ranks: int, usable_fraction: float = 0.9) -> int:
+        """Per-rank token capacity C from device memory, model states and Act(s) of every layer."""
+        budget = usable_fraction * self.device.mem_total_gib * 2**30 - self.model_state_bytes(num_ranks)
+        capacity = int(budget // (self.layers * self.act_bytes_per_token_layer))
+        if capacity < 1:
+            raise ValueError(
+                f"{self.model.name} does not fit one {self.device.name} with tp={self.tp} pp={self.pp}: "
+                "raise tp/pp or use a larger device"
+            )
+        return capacity
+
+    # -- offloading ----------------------------------------------------------------------------------
+    def max_offload_ratio(self, length: float) -> float:
+        """Largest r whose copies hide under the forward compute: T_fwd(s) >= r * Act(s) / B."""
+        bandwidth = min(self.device.d2h_gbps, self.device.h2d_gbps) * 1e9
+        return min(1.0, self.layer_time_fwd(length) * bandwidth / self.act_bytes(length))
+
+    # -- the work measure of PLAN_FORMAT.md ------------------------------------------------------------
+    @property
+    def work_coefficient(self) -> float:
+        return self.model.work_coefficient
+
+
+def _solve3(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting for the 3x3 normal equations."""
+    m = [row[:] + [v] for row, v in zip(a, b)]
+    for i in range(3):
+        p = max(range(i, 3), key=lambda r: abs(m[r][i]))
+        m[i], m[p] = m[p], m[i]
+        for r in range(i + 1, 3):
+            f = m[r][i] / m[i][i]
+            for c in range(i, 4):
+                m[r][c] -= f * m[i][c]
+    x = [0.0] * 3
+    for i in (2, 1, 0):
+        x[i] = (m[i][3] - sum(m[i][c] * x[c] for c in range(i + 1, 3))) / m[i][i]
+    return x
+
+
+def build_cost_model(model: str | ModelConfig = "llama-7b", device: str | DeviceProfile | None = None,
+                     tp: int = 1, pp: int = 1) -> CostModel:
+    cfg = get_model(model) if isinstance(model, str) else model
+    dev = device if isinstance(device, DeviceProfile) else load_profile(device)
+    return CostModel(cfg, dev, tp=tp, pp=pp)
