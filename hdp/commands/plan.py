@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per rank per micro-batch (default: derived from device memory and the model)")
     p.add_argument("--strategy", choices=STRATEGIES, default="hdp")
     p.add_argument("--balance", choices=("dp", "pp"), default="dp", help="plain HDP ranks, or pipelines of --stages")
+    p.add_argument("--balance-by", choices=("work", "time"), default="work",
+                   help="what the scheduler equalises: PLAN_FORMAT's work measure (default) or cost-model time")
     p.add_argument("--stages", type=int, default=1, help="pipeline stages per HDP rank (with --balance pp)")
     p.add_argument("--offload", action="store_true", help="selective activation offloading for long sequences")
     p.add_argument("--out", metavar="PLAN_JSON", help="write the plan here (hdp.plan/1)")
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)
     start = time.perf_counter()
     plan = make_plan(lengths, args.ranks, capacity, cost, strategy=args.strategy, balance=args.balance,
-                     offload=args.offload, max_len=max_len, seed=args.seed)
+                     offload=args.offload, max_len=max_len, seed=args.seed, balance_by=args.balance_by)
     planning_time = time.perf_counter() - start
     if args.out:
         try:

@@ -10,6 +10,7 @@ from hdp.plan.cost import CostModel
 from hdp.plan.draft import Draft
 from hdp.plan.sharding import PlanError, place
 from hdp.plan.types import Plan
+from hdp.plan.weights import BalanceBy, weights_for
 
 Strategy = Literal["hdp", "hdp-naive", "static", "pow2"]
 STRATEGIES: tuple[str, ...] = ("hdp", "hdp-naive", "static", "pow2")
@@ -36,12 +37,17 @@ def make_plan(
     offload: bool = False,
     max_len: int | None = None,
     seed: int = 0,
+    balance_by: BalanceBy = "work",
 ) -> Plan:
     """Plan one global batch.
 
     ``max_len`` is the context length a static mesh is sized for (default: the batch's longest).
-    ``balance="pp"`` treats every HDP rank as a pipeline of ``cost.pp`` stages. ``seed`` is recorded;
-    planning is deterministic and breaks every tie by index.
+    ``balance="pp"`` treats every HDP rank as a pipeline of ``cost.pp`` stages. ``balance_by`` is what
+    the scheduler equalises: ``work`` (PLAN_FORMAT's FLOP-proportional measure; the default, since
+    rings synchronise ranks and a schedule balanced on it stays balanced when real times deviate
+    from the calibration) or ``time`` (the calibrated cost model). Placement, offload ratios and the
+    predicted step time always use the cost model. ``seed`` is recorded; planning is deterministic
+    and breaks every tie by index.
     """
     lengths = check_lengths(lengths)
     if num_ranks < 1:
@@ -66,9 +72,9 @@ def make_plan(
                 f"ranks but only {num_ranks:,} exist: raise --ranks or --capacity{hint}"
             )
     draft = Draft(lengths, num_ranks, capacity)
-    extra: dict[str, object] = {"seed": seed, "balance": balance, "offload": use_offload}
+    extra: dict[str, object] = {"seed": seed, "balance": balance, "balance_by": balance_by, "offload": use_offload}
     if strategy == "hdp":
-        plan_balanced(draft, placements, cost, balance)
+        plan_balanced(draft, placements, weights_for(cost, balance_by), balance, stages=cost.pp)
     elif strategy == "hdp-naive":
         plan_naive(draft, placements)
     elif strategy == "static":

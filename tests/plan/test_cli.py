@@ -1,0 +1,69 @@
+"""``hdp plan`` from the command line: JSON contract, plan file, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hdp.plan import Plan
+from hdp.plan.validate import check_plan
+
+
+def hdp(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hdp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_plan_json_and_file(tmp_path):
+    out = tmp_path / "plan.json"
+    r = hdp("plan", "--dist", "byted", "--tokens", "200000", "--max-len", "65536", "--ranks", "12",
+            "--capacity", "8192", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    for key in ("planning_time_s", "predicted_step_time_s", "lower_bound_s", "rings", "max_ring"):
+        assert key in info
+    plan = Plan.from_json(out.read_text())
+    check_plan(plan)
+    assert info["fingerprint"] == plan.fingerprint == json.loads(out.read_text())["fingerprint"]
+
+
+def test_plan_from_lengths_file_with_comments(tmp_path):
+    f = tmp_path / "lengths.txt"
+    f.write_text("# a batch\n100\n\n20000  # long\n5\n")
+    r = hdp("plan", "--lengths", str(f), "--ranks", "4", "--capacity", "8192", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["max_ring"] == 3
+
+
+def test_plan_does_not_import_torch():
+    code = ("import sys; from hdp.cli import main; main(['plan','--tokens','100000','--max-len','50000',"
+            "'--ranks','8','--capacity','8192','--json']); assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("content,args,needle", [
+    ("3000000\n", ["--ranks", "256", "--capacity", "8192"], "sequence 0 has 3,000,000 tokens"),
+    ("10\n0\n", ["--ranks", "4", "--capacity", "8192"], "sequence 1 has length 0"),
+    ("10\n-5\n", ["--ranks", "4", "--capacity", "8192"], "sequence 1 has length -5"),
+    ("10\n2.5\n", ["--ranks", "4", "--capacity", "8192"], "not an integer"),
+    ("# nothing\n", ["--ranks", "4", "--capacity", "8192"], "empty"),
+    ("10\n", ["--ranks", "0", "--capacity", "8192"], "--ranks"),
+    ("10\n", ["--ranks", "4", "--capacity", "0"], "--capacity"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, content, args, needle):
+    f = tmp_path / "lengths.txt"
+    f.write_text(content)
+    out = tmp_path / "plan.json"
+    r = hdp("plan", "--lengths", str(f), *args, "--out", str(out))
+    assert r.returncode == 2
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == [f]
+
+
+def test_unreadable_file():
+    r = hdp("plan", "--lengths", "/nonexistent/lengths.txt")
+    assert r.returncode == 2 and "cannot read lengths file" in r.stderr
