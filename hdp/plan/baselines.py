@@ -20,10 +20,12 @@ from hdp.plan.draft import Draft, DraftMicroBatch
 from hdp.plan.sharding import PlanError, max_member_tokens, member_shares, ranks_needed
 
 
-def static_cp_size(num_ranks: int, capacity: int, max_len: int) -> int:
+def static_cp_size(num_ranks: int, capacity: int, max_len: int, lengths: list[int] = ()) -> int:
+    """The smallest divisor of the rank count whose group holds max_len (and, with zig-zag
+    rounding, every member's share of every sequence in the batch)."""
     need = ranks_needed(max_len, capacity)
     for cp in range(need, num_ranks + 1):
-        if num_ranks % cp == 0:
+        if num_ranks % cp == 0 and (cp == 1 or all(max_member_tokens(n, cp) <= capacity for n in lengths)):
             return cp
     raise PlanError(
         f"a static mesh needs context parallelism >= {need:,} to hold {max_len:,} tokens at capacity "
@@ -34,7 +36,7 @@ def static_cp_size(num_ranks: int, capacity: int, max_len: int) -> int:
 def plan_static(draft: Draft, max_len: int) -> int:
     """Fill ``draft`` with a static DP x CP plan; returns the CP size."""
     n, cap, lengths = draft.num_ranks, draft.capacity, draft.lengths
-    cp = static_cp_size(n, cap, max_len)
+    cp = static_cp_size(n, cap, max_len, sorted(set(lengths)))
     dp = n // cp
     # A micro-batch fits when every member's share stays within C.
     bins: list[tuple[list[int], list[int]]] = []  # (seqs, per-member tokens)

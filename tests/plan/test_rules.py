@@ -39,7 +39,11 @@ def fits(strategy: str, lengths: list[int], ranks: int, capacity: int) -> bool:
         return all(2 ** math.ceil(math.log2(ranks_needed(n, capacity))) <= ranks and
                    _pow2(n, capacity) <= ranks for n in lengths)
     if strategy == "static":
-        return any(ranks % cp == 0 for cp in range(need, ranks + 1))
+        from hdp.plan.baselines import static_cp_size
+        try:
+            static_cp_size(ranks, capacity, max(lengths), lengths)
+        except ValueError:
+            return False
     return True
 
 
