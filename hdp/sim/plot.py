@@ -74,7 +74,7 @@ def breakdown_bars(table: dict[str, dict[str, float]], path: str, title: str) ->
     """Stacked bars: mean seconds per rank in each category, per strategy."""
     plt = _pyplot()
     names = list(table)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(names) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(names) + 4), 4.5))
     keys = {"compute": "compute_frac", "comm": None, "grad_sync": "grad_sync_frac", "ring_wait": "ring_wait_frac",
             "pp_bubble": "pp_bubble_frac", "dp_bubble": "dp_bubble_frac"}
     bottom = [0.0] * len(names)
@@ -90,7 +90,7 @@ def breakdown_bars(table: dict[str, dict[str, float]], path: str, title: str) ->
         ax.text(i, bottom[i], f"{table[n]['speedup_vs_static']:.2f}x", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("step time (s), mean over ranks")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

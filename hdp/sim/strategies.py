@@ -5,6 +5,8 @@
 * ``hdp-naive``: HDP rings on the fewest ranks, no offloading, no balance scheduler.
 * ``hdp-offload``: hdp-naive plus selective activation offloading.
 * ``hdp``: offloading and the balance scheduler (pipeline-aware when pp > 1).
+* ``hdp-balance``: the balance scheduler without offloading (not in the paper's ablation; shows
+  what the scheduler alone gives when the planner's offloading rule lengthens the longest ring).
 
 The order is the paper's ablation order: each adds one idea to the previous.
 """
@@ -16,7 +18,7 @@ from hdp.plan.planner import make_plan
 from hdp.plan.sharding import PlanError
 from hdp.plan.types import Plan
 
-SIM_STRATEGIES: tuple[str, ...] = ("static", "pow2", "hdp-naive", "hdp-offload", "hdp")
+SIM_STRATEGIES: tuple[str, ...] = ("static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-balance")
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -44,6 +46,8 @@ def plan_strategy(strategy: str, lengths: list[int], num_ranks: int, capacity: i
         kw = {"strategy": "hdp-naive", "offload": True}
     elif strategy == "hdp":
         kw = {"strategy": "hdp", "offload": True, "balance": "pp" if cost.pp > 1 else "dp"}
+    elif strategy == "hdp-balance":
+        kw = {"strategy": "hdp", "balance": "pp" if cost.pp > 1 else "dp"}
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     try:
