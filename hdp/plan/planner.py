@@ -8,7 +8,8 @@ from hdp.plan.balance import Balance, plan_balanced, plan_naive
 from hdp.plan.baselines import plan_pow2, plan_static
 from hdp.plan.cost import CostModel
 from hdp.plan.draft import Draft
-from hdp.plan.sharding import PlanError, place
+from hdp.plan.sharding import Placement, PlanError, offload_token_limit, place, ranks_needed
+from hdp.plan.work import bound_from_items
 from hdp.plan.types import Plan
 
 Strategy = Literal["hdp", "hdp-naive", "static", "pow2"]
@@ -36,12 +37,16 @@ def make_plan(
     offload: bool = False,
     max_len: int | None = None,
     seed: int = 0,
+    offload_cap: bool = False,
 ) -> Plan:
     """Plan one global batch.
 
     ``max_len`` is the context length a static mesh is sized for (default: the batch's longest).
     ``balance="pp"`` treats every HDP rank as a pipeline of ``cost.pp`` stages. ``seed`` is recorded;
     planning is deterministic and breaks every tie by index.
+    ``offload_cap`` (with ``offload``) keeps a sequence on more ranks than offloading allows when
+    the fewest would make its per-rank time exceed the no-offload lower bound of the batch: fewer
+    ranks then lengthen the step instead of freeing ranks (the simulator shows this at 2M tokens).
     """
     lengths = check_lengths(lengths)
     if num_ranks < 1:
@@ -58,6 +63,8 @@ def make_plan(
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than --max-len {max_len:,}: raise --max-len")
     use_offload = offload and strategy in ("hdp", "hdp-naive")
     placements = [place(n, capacity, cost, use_offload) for n in lengths]
+    if use_offload and offload_cap:
+        placements = cap_offload(lengths, placements, num_ranks, capacity, cost)
     for i, p in enumerate(placements):
         if p.ranks > num_ranks:
             hint = "" if use_offload else ", or enable offloading (--offload)"
@@ -80,3 +87,27 @@ def make_plan(
         extra["offload_ranks_saved"] = base - sum(p.ranks for n, p in zip(lengths, placements) if n > capacity)
     stages = cost.pp if balance == "pp" else 1
     return draft.finish(strategy, cost, stages=stages, extra=extra)
+
+
+def cap_offload(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int,
+                cost: CostModel) -> list[Placement]:
+    """Fewest ranks whose per-rank time stays within the no-offload bound, least offloading for them."""
+    items = []
+    for n in lengths:
+        k = ranks_needed(n, capacity)
+        items.append((cost.seq_time(n, k), k))
+    bound = bound_from_items(items, num_ranks)
+    out = []
+    for n, p in zip(lengths, placements):
+        if p.offload_ratio == 0 or cost.seq_time(n, p.ranks) <= bound:
+            out.append(p)
+            continue
+        middle = cost.layers - 2
+        best = place(n, capacity)  # no offloading: always within the bound's own items
+        for j in range(1, round(p.offload_ratio * middle) + 1):
+            limit = offload_token_limit(capacity, cost.layers, j / middle)
+            k = ranks_needed(n, limit)
+            if k < best.ranks and cost.seq_time(n, k) <= bound:
+                best = Placement(k, j / middle, limit)
+        out.append(best)
+    return out

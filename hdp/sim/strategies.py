@@ -5,6 +5,8 @@
 * ``hdp-naive``: HDP rings on the fewest ranks, no offloading, no balance scheduler.
 * ``hdp-offload``: hdp-naive plus selective activation offloading.
 * ``hdp``: offloading and the balance scheduler (pipeline-aware when pp > 1).
+* ``hdp-capped``: ``hdp`` with ``make_plan(offload_cap=True)``: offloading only as far as the
+  sequence's per-rank time stays within the batch's no-offload lower bound.
 * ``hdp-balance``: the balance scheduler without offloading (not in the paper's ablation; shows
   what the scheduler alone gives when the planner's offloading rule lengthens the longest ring).
 
@@ -18,7 +20,7 @@ from hdp.plan.planner import make_plan
 from hdp.plan.sharding import PlanError
 from hdp.plan.types import Plan
 
-SIM_STRATEGIES: tuple[str, ...] = ("static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-balance")
+SIM_STRATEGIES: tuple[str, ...] = ("static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-capped", "hdp-balance")
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -46,6 +48,8 @@ def plan_strategy(strategy: str, lengths: list[int], num_ranks: int, capacity: i
         kw = {"strategy": "hdp-naive", "offload": True}
     elif strategy == "hdp":
         kw = {"strategy": "hdp", "offload": True, "balance": "pp" if cost.pp > 1 else "dp"}
+    elif strategy == "hdp-capped":
+        kw = {"strategy": "hdp", "offload": True, "offload_cap": True, "balance": "pp" if cost.pp > 1 else "dp"}
     elif strategy == "hdp-balance":
         kw = {"strategy": "hdp", "balance": "pp" if cost.pp > 1 else "dp"}
     else:
@@ -54,5 +58,5 @@ def plan_strategy(strategy: str, lengths: list[int], num_ranks: int, capacity: i
         return make_plan(lengths, num_ranks, capacity, cost, seed=seed, **kw)  # type: ignore[arg-type]
     except PlanError as e:
         # The planner speaks of HDP ranks; the simulator's user sets GPUs (ranks = gpus / (tp*pp)).
-        msg = str(e).replace("raise --ranks", "raise --gpus")
+        msg = str(e).replace("raise --ranks", "raise --gpus").replace(", or enable offloading (--offload)", "")
         raise PlanError(f"{strategy}: {msg}") from None
