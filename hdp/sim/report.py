@@ -56,7 +56,7 @@ def format_table(table: dict[str, dict[str, float]], title: str) -> str:
     lines = [title, head, "-" * len(head)]
     for name, r in table.items():
         lines.append(
-            f"{name:<12} {r['step_time_s']:>9.3f} {r['speedup_vs_static']:>7.2f}x {r['model_tflops_per_gpu']:>8.1f} "
+            f"{name:<12} {r['step_time_s']:>9.3f} {r['speedup_vs_static']:>7.2f}x {r['model_tflops_per_gpu']:>8.3g} "
             f"{r['mfu']:>6.1%} {r['compute_frac']:>8.1%} {r['exposed_comm_frac']:>6.1%} {r['idle_frac']:>6.1%} "
             f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}")
     return "\n".join(lines)
