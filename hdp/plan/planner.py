@@ -38,6 +38,7 @@ def make_plan(
     max_len: int | None = None,
     seed: int = 0,
     offload_cap: bool = False,
+    widen: bool = False,
 ) -> Plan:
     """Plan one global batch.
 
@@ -47,6 +48,9 @@ def make_plan(
     ``offload_cap`` (with ``offload``) keeps a sequence on more ranks than offloading allows when
     the fewest would make its per-rank time exceed the no-offload lower bound of the batch: fewer
     ranks then lengthen the step instead of freeing ranks (the simulator shows this at 2M tokens).
+    ``widen`` (strategy ``hdp`` only; DESIGN.md "beyond the paper") gives a sequence more ranks than
+    the fewest when its per-rank time would exceed the batch's mean per-rank time; the plan is then
+    named ``hdp-wide`` (PLAN_FORMAT rule 4 does not hold for it).
     """
     lengths = check_lengths(lengths)
     if num_ranks < 1:
@@ -72,6 +76,8 @@ def make_plan(
                 f"sequence {i} has {lengths[i]:,} tokens; at capacity {capacity:,} it needs {p.ranks:,} "
                 f"ranks but only {num_ranks:,} exist: raise --ranks or --capacity{hint}"
             )
+    if widen and strategy == "hdp":
+        placements = widen_rings(lengths, placements, num_ranks, cost)
     draft = Draft(lengths, num_ranks, capacity)
     extra: dict[str, object] = {"seed": seed, "balance": balance, "offload": use_offload}
     if strategy == "hdp":
@@ -86,7 +92,8 @@ def make_plan(
         base = sum(place(n, capacity).ranks for n in lengths if n > capacity)
         extra["offload_ranks_saved"] = base - sum(p.ranks for n, p in zip(lengths, placements) if n > capacity)
     stages = cost.pp if balance == "pp" else 1
-    return draft.finish(strategy, cost, stages=stages, extra=extra)
+    name = "hdp-wide" if widen and strategy == "hdp" else strategy
+    return draft.finish(name, cost, stages=stages, extra=extra)
 
 
 def cap_offload(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int,
@@ -110,4 +117,25 @@ def cap_offload(lengths: list[int], placements: list[Placement], num_ranks: int,
             if k < best.ranks and cost.seq_time(n, k) <= bound:
                 best = Placement(k, j / middle, limit)
         out.append(best)
+    return out
+
+
+def widen_rings(lengths: list[int], placements: list[Placement], num_ranks: int, cost: CostModel) -> list[Placement]:
+    """More ranks (no offloading) for sequences whose per-rank time exceeds the mean per-rank time."""
+    target = sum(p.ranks * cost.seq_time(n, p.ranks) for n, p in zip(lengths, placements)) / num_ranks
+    out = []
+    for n, p in zip(lengths, placements):
+        if p.ranks < 2 or cost.seq_time(n, p.ranks) <= target or p.ranks >= num_ranks:
+            out.append(p)
+            continue
+        # seq_time falls with more ranks: the smallest k within the target, at most twice the fewest
+        # (as many as power-of-two groups would give at worst) so that wide rings still pack side by side.
+        lo, hi = p.ranks, min(num_ranks, 2 * p.ranks)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cost.seq_time(n, mid) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(p if lo == p.ranks else Placement(lo, 0.0, max(p.token_limit, 1)))
     return out

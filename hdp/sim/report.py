@@ -55,8 +55,10 @@ def format_table(table: dict[str, dict[str, float]], title: str) -> str:
             f"{'comm':>6} {'idle':>6} {'LB s':>9} {'gap':>6} {'max ring':>8}")
     lines = [title, head, "-" * len(head)]
     for name, r in table.items():
+        sp = r["speedup_vs_static"]
+        speedup = f"{sp:>7.2f}x" if sp == sp else f"{'n/a':>8}"
         lines.append(
-            f"{name:<12} {r['step_time_s']:>9.3f} {r['speedup_vs_static']:>7.2f}x {r['model_tflops_per_gpu']:>8.3g} "
+            f"{name:<12} {r['step_time_s']:>9.3f} {speedup} {r['model_tflops_per_gpu']:>8.3g} "
             f"{r['mfu']:>6.1%} {r['compute_frac']:>8.1%} {r['exposed_comm_frac']:>6.1%} {r['idle_frac']:>6.1%} "
             f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}")
     return "\n".join(lines)
