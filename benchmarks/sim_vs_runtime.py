@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 
-from hdp.data.synthetic import sample_lengths
 from hdp.plan import build_cost_model
 from hdp.sim.cluster import Cluster
 from hdp.sim.step import simulate_step
