@@ -91,6 +91,19 @@ def micro_batch_time(plan: Plan, mb: MicroBatch, cost: CostModel) -> float:
     return t
 
 
+def _cached_time(plan: Plan, mb: MicroBatch, cost: CostModel, cache: dict[tuple, float]) -> float:
+    """micro_batch_time, computed once for all members of a ring micro-batch (it depends only on
+    the rings and the whole sequences: a static CP group has thousands of identical members)."""
+    if not mb.rings:
+        return micro_batch_time(plan, mb, cost)
+    ring_seqs = {plan.rings[g].seq for g in mb.rings}
+    key = (mb.rings, tuple(s.seq for s in mb.segments if s.seq not in ring_seqs))
+    t = cache.get(key)
+    if t is None:
+        t = cache[key] = micro_batch_time(plan, mb, cost)
+    return t
+
+
 def estimate(plan: Plan, cost: CostModel) -> tuple[float, float]:
     """(predicted step time, lower bound) under the cost model.
 
@@ -98,7 +111,8 @@ def estimate(plan: Plan, cost: CostModel) -> tuple[float, float]:
     adds a bubble of (P-1)/P times its largest micro-batch.
     """
     p = plan.pipeline_stages
-    times = [[micro_batch_time(plan, mb, cost) for mb in rp.micro_batches] for rp in plan.ranks]
+    cache: dict[tuple, float] = {}
+    times = [[_cached_time(plan, mb, cost, cache) for mb in rp.micro_batches] for rp in plan.ranks]
     index = [{id(mb): i for i, mb in enumerate(rp.micro_batches)} for rp in plan.ranks]
     rep = replay(plan, lambda r, mb: times[r][index[r][id(mb)]] / p)
     bubble = [(p - 1) / p * max(t, default=0.0) for t in times]

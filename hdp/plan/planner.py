@@ -8,7 +8,8 @@ from hdp.plan.balance import Balance, plan_balanced, plan_naive
 from hdp.plan.baselines import plan_pow2, plan_static
 from hdp.plan.cost import CostModel
 from hdp.plan.draft import Draft
-from hdp.plan.sharding import PlanError, place
+from hdp.plan.sharding import Placement, PlanError, offload_token_limit, place, ranks_needed
+from hdp.plan.work import bound_from_items
 from hdp.plan.types import Plan
 from hdp.plan.weights import BalanceBy, weights_for
 
@@ -38,6 +39,8 @@ def make_plan(
     max_len: int | None = None,
     seed: int = 0,
     balance_by: BalanceBy = "work",
+    offload_cap: bool = False,
+    widen: bool = False,
 ) -> Plan:
     """Plan one global batch.
 
@@ -48,6 +51,12 @@ def make_plan(
     from the calibration) or ``time`` (the calibrated cost model). Placement, offload ratios and the
     predicted step time always use the cost model. ``seed`` is recorded; planning is deterministic
     and breaks every tie by index.
+    ``offload_cap`` (with ``offload``) keeps a sequence on more ranks than offloading allows when
+    the fewest would make its per-rank time exceed the no-offload lower bound of the batch: fewer
+    ranks then lengthen the step instead of freeing ranks (the simulator shows this at 2M tokens).
+    ``widen`` (strategy ``hdp`` only; DESIGN.md "beyond the paper") gives a sequence more ranks than
+    the fewest when its per-rank time would exceed the batch's mean per-rank time; the plan is then
+    named ``hdp-wide`` (PLAN_FORMAT rule 4 does not hold for it).
     """
     lengths = check_lengths(lengths)
     if num_ranks < 1:
@@ -64,6 +73,8 @@ def make_plan(
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than --max-len {max_len:,}: raise --max-len")
     use_offload = offload and strategy in ("hdp", "hdp-naive")
     placements = [place(n, capacity, cost, use_offload) for n in lengths]
+    if use_offload and offload_cap:
+        placements = cap_offload(lengths, placements, num_ranks, capacity, cost)
     for i, p in enumerate(placements):
         if p.ranks > num_ranks:
             hint = "" if use_offload else ", or enable offloading (--offload)"
@@ -71,6 +82,8 @@ def make_plan(
                 f"sequence {i} has {lengths[i]:,} tokens; at capacity {capacity:,} it needs {p.ranks:,} "
                 f"ranks but only {num_ranks:,} exist: raise --ranks or --capacity{hint}"
             )
+    if widen and strategy == "hdp":
+        placements = widen_rings(lengths, placements, num_ranks, cost)
     draft = Draft(lengths, num_ranks, capacity)
     extra: dict[str, object] = {"seed": seed, "balance": balance, "balance_by": balance_by, "offload": use_offload}
     if strategy == "hdp":
@@ -85,4 +98,50 @@ def make_plan(
         base = sum(place(n, capacity).ranks for n in lengths if n > capacity)
         extra["offload_ranks_saved"] = base - sum(p.ranks for n, p in zip(lengths, placements) if n > capacity)
     stages = cost.pp if balance == "pp" else 1
-    return draft.finish(strategy, cost, stages=stages, extra=extra)
+    name = "hdp-wide" if widen and strategy == "hdp" else strategy
+    return draft.finish(name, cost, stages=stages, extra=extra)
+
+
+def cap_offload(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int,
+                cost: CostModel) -> list[Placement]:
+    """Fewest ranks whose per-rank time stays within the no-offload bound, least offloading for them."""
+    items = []
+    for n in lengths:
+        k = ranks_needed(n, capacity)
+        items.append((cost.seq_time(n, k), k))
+    bound = bound_from_items(items, num_ranks)
+    out = []
+    for n, p in zip(lengths, placements):
+        if p.offload_ratio == 0 or cost.seq_time(n, p.ranks) <= bound:
+            out.append(p)
+            continue
+        middle = cost.layers - 2
+        best = place(n, capacity)  # no offloading: always within the bound's own items
+        for j in range(1, round(p.offload_ratio * middle) + 1):
+            limit = offload_token_limit(capacity, cost.layers, j / middle)
+            k = ranks_needed(n, limit)
+            if k < best.ranks and cost.seq_time(n, k) <= bound:
+                best = Placement(k, j / middle, limit)
+        out.append(best)
+    return out
+
+
+def widen_rings(lengths: list[int], placements: list[Placement], num_ranks: int, cost: CostModel) -> list[Placement]:
+    """More ranks (no offloading) for sequences whose per-rank time exceeds the mean per-rank time."""
+    target = sum(p.ranks * cost.seq_time(n, p.ranks) for n, p in zip(lengths, placements)) / num_ranks
+    out = []
+    for n, p in zip(lengths, placements):
+        if p.ranks < 2 or cost.seq_time(n, p.ranks) <= target or p.ranks >= num_ranks:
+            out.append(p)
+            continue
+        # seq_time falls with more ranks: the smallest k within the target, at most twice the fewest
+        # (as many as power-of-two groups would give at worst) so that wide rings still pack side by side.
+        lo, hi = p.ranks, min(num_ranks, 2 * p.ranks)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cost.seq_time(n, mid) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(p if lo == p.ranks else Placement(lo, 0.0, max(p.token_limit, 1)))
+    return out

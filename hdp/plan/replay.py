@@ -38,6 +38,7 @@ def replay(plan: Plan, duration: Callable[[int, MicroBatch], float]) -> Replay:
     mbs = [rp.micro_batches for rp in plan.ranks]
     ring_size = [r.size for r in plan.rings]
     arrivals: list[list[float]] = [[] for _ in plan.rings]
+    ring_start = [0.0] * len(plan.rings)  # latest arrival, set when the last member arrives
     ptr = [0] * n
     clock = [0.0] * n
     wait = [0.0] * n
@@ -55,11 +56,12 @@ def replay(plan: Plan, duration: Callable[[int, MicroBatch], float]) -> Replay:
                     for g in mb.rings:
                         arrivals[g].append(clock[r])
                         if len(arrivals[g]) == ring_size[g]:
+                            ring_start[g] = max(arrivals[g])
                             queue.extend(plan.rings[g].ranks)
                 if any(len(arrivals[g]) < ring_size[g] for g in mb.rings):
                     break  # woken again when the last member of the ring arrives
                 registered[r] = False
-                start = max(max(arrivals[g]) for g in mb.rings)
+                start = max(ring_start[g] for g in mb.rings)
                 wait[r] += start - clock[r]
             starts[r].append(start)
             clock[r] = start + duration(r, mb)

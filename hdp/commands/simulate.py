@@ -1,0 +1,106 @@
+"""``hdp simulate``: plan one or more global batches with every strategy and time them on a virtual
+cluster (discrete-event model of ``hdp.sim``). No torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hdp.commands.plan import add_model_arguments, add_workload_arguments
+from hdp.data.synthetic import read_lengths, sample_lengths
+from hdp.plan import build_cost_model
+from hdp.plan.model_config import get_model
+from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
+from hdp.sim.report import format_table
+from hdp.sim.run import simulate
+from hdp.sim.strategies import SIM_STRATEGIES, parse_strategies
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_workload_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("--steps", type=int, default=1, help="global batches to simulate; step i uses seed+i (default 1)")
+    p.add_argument("--gpus", type=int, default=1024, help="GPUs in the job (default 1024)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of one HDP rank (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages of one HDP rank (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--nvlink-gbps", type=float, default=NVLINK_GBPS,
+                   help=f"NVLink GB/s per GPU per direction (default {NVLINK_GBPS:g}: H100 NVLink4, 900 GB/s bidirectional)")
+    p.add_argument("--inter-gbps", type=float, default=INTER_GBPS,
+                   help=f"inter-node GB/s per GPU per direction (default {INTER_GBPS:g}: one 400 Gb/s NIC per GPU)")
+    p.add_argument("--nvlink-latency-us", type=float, default=NVLINK_LATENCY_US)
+    p.add_argument("--inter-latency-us", type=float, default=INTER_LATENCY_US)
+    p.add_argument("--capacity", type=int, default=None,
+                   help="tokens per HDP rank per micro-batch (default: derived from device memory and the model)")
+    p.add_argument("--strategies", default="all",
+                   help=f"comma-separated subset of {','.join(SIM_STRATEGIES)}, or all (default all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
+
+
+def load_batches(args: argparse.Namespace) -> tuple[list[list[int]], int | None]:
+    """One batch per step: a lengths file repeats; a synthetic batch is redrawn with seed + step."""
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.lengths:
+        lengths = read_lengths(args.lengths)
+        return [lengths] * args.steps, args.max_len
+    max_len = args.max_len if args.max_len is not None else 2**21
+    dist = args.dist or "byted"
+    return [sample_lengths(dist, args.tokens, max_len, args.seed + i) for i in range(args.steps)], max_len
+
+
+def build(args: argparse.Namespace):
+    model = get_model(args.model)
+    if args.pp > model.num_layers:
+        raise ValueError(f"--pp {args.pp} exceeds {model.name}'s {model.num_layers} layers")
+    if args.tp >= 1 and (model.num_heads % args.tp or model.num_kv_heads % args.tp and args.tp % model.num_kv_heads):
+        raise ValueError(f"--tp {args.tp} does not divide {model.name}'s {model.num_heads} attention heads")
+    cluster = Cluster(args.gpus, args.tp, args.pp, args.gpus_per_node, args.nvlink_gbps, args.inter_gbps,
+                      args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
+    cost = build_cost_model(model, args.cost_model, tp=args.tp, pp=args.pp)
+    if args.capacity is not None:
+        if args.capacity < 1:
+            raise ValueError(f"--capacity must be >= 1 token, got {args.capacity}")
+        capacity = args.capacity
+    else:
+        try:
+            capacity = cost.derived_capacity(cluster.num_ranks)
+        except ValueError as e:
+            raise ValueError(f"{e} (--tp/--pp/--cost-model)") from None
+    return cluster, cost, capacity
+
+
+def run(args: argparse.Namespace) -> int:
+    strategies = parse_strategies(args.strategies)
+    cluster, cost, capacity = build(args)
+    batches, max_len = load_batches(args)
+    sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed)
+    title = (f"{cost.model.name} · {cluster.gpus:,} GPUs (tp={cluster.tp}, pp={cluster.pp}, "
+             f"{cluster.num_ranks:,} HDP ranks) · C={capacity:,} · {sum(batches[0]):,} tokens")
+    plots = []
+    if args.plot:
+        plots = _plots(sim, args.plot, title)
+    if args.json:
+        out = {
+            "model": cost.model.name, "device": cost.device.name, "gpus": cluster.gpus, "tp": cluster.tp,
+            "pp": cluster.pp, "num_ranks": cluster.num_ranks, "capacity_tokens": capacity,
+            "steps": len(batches), "tokens_per_step": sum(batches[0]), "strategies": sim.table,
+            "simulation_time_s": sim.simulation_time_s, "plots": plots,
+        }
+        json.dump(out, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(sim.table, title))
+        print(f"simulated {len(batches)} step(s) x {len(strategies)} strategies in {sim.simulation_time_s:.1f} s "
+              "(planning included)")
+        for p in plots:
+            print(f"wrote {p}")
+    return 0
+
+
+def _plots(sim, directory: str, title: str) -> list[str]:
+    from hdp.sim.plot import write_plots
+
+    return write_plots(sim.last, sim.table, directory, title)

@@ -1,0 +1,64 @@
+"""Per-strategy figures from simulated steps: step time, speedup, MFU, breakdown, gap to the bound."""
+
+from __future__ import annotations
+
+from hdp.sim.step import StepResult
+
+CATEGORIES = ("compute", "comm", "grad_sync", "ring_wait", "pp_bubble", "dp_bubble")
+
+
+def summarise(results: list[StepResult], gpus: int, peak_tflops: float, planning_time_s: float,
+              max_ring: int, num_rings: int) -> dict[str, float]:
+    """Means over steps; fractions are of rank-seconds (they sum to 1)."""
+    n = len(results)
+    step = sum(r.step_time_s for r in results) / n
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    rank_seconds = 0.0
+    for r in results:
+        for k, v in r.totals().items():
+            totals[k] += v
+        rank_seconds += len(r.ranks) * r.step_time_s
+    frac = {k: v / rank_seconds for k, v in totals.items()}
+    flops = sum(r.model_flops for r in results) / n
+    tflops = flops / (step * gpus) / 1e12
+    bound = sum(r.lower_bound_s for r in results) / n
+    return {
+        "step_time_s": step,
+        "tokens_per_s": sum(r.tokens for r in results) / n / step,
+        "model_tflops_per_gpu": tflops,
+        "mfu": tflops / peak_tflops,
+        "compute_frac": frac["compute"],
+        "exposed_comm_frac": frac["comm"] + frac["grad_sync"],
+        "grad_sync_frac": frac["grad_sync"],
+        "idle_frac": frac["ring_wait"] + frac["pp_bubble"] + frac["dp_bubble"],
+        "ring_wait_frac": frac["ring_wait"],
+        "pp_bubble_frac": frac["pp_bubble"],
+        "dp_bubble_frac": frac["dp_bubble"],
+        "grad_sync_s": sum(r.grad_sync_s for r in results) / n,
+        "lower_bound_s": bound,
+        "gap_to_lower_bound": step / bound if bound else 1.0,
+        "planning_time_s": planning_time_s,
+        "max_ring": max_ring,
+        "rings": num_rings,
+    }
+
+
+def add_speedups(table: dict[str, dict[str, float]]) -> None:
+    base = table.get("static", {}).get("step_time_s")
+    for row in table.values():
+        row["speedup_vs_static"] = base / row["step_time_s"] if base else float("nan")
+
+
+def format_table(table: dict[str, dict[str, float]], title: str) -> str:
+    """Plain-text table (stable for tests and logs)."""
+    head = (f"{'strategy':<12} {'step s':>9} {'speedup':>8} {'TFLOP/s':>8} {'MFU':>6} {'compute':>8} "
+            f"{'comm':>6} {'idle':>6} {'LB s':>9} {'gap':>6} {'max ring':>8}")
+    lines = [title, head, "-" * len(head)]
+    for name, r in table.items():
+        sp = r["speedup_vs_static"]
+        speedup = f"{sp:>7.2f}x" if sp == sp else f"{'n/a':>8}"
+        lines.append(
+            f"{name:<12} {r['step_time_s']:>9.3f} {speedup} {r['model_tflops_per_gpu']:>8.3g} "
+            f"{r['mfu']:>6.1%} {r['compute_frac']:>8.1%} {r['exposed_comm_frac']:>6.1%} {r['idle_frac']:>6.1%} "
+            f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}")
+    return "\n".join(lines)
