@@ -206,6 +206,18 @@ class ActivationOffloader:
             self._d2h = torch.cuda.Stream(self.device)
             self._h2d = torch.cuda.Stream(self.device)
 
+    def _check_host_memory(self, needed: int) -> None:
+        """Fail before the step, not halfway through a forward, when the host cannot hold the copies."""
+        available = available_host_bytes()
+        if available is None:
+            return
+        reusable = self.pool.free_bytes  # already allocated by earlier micro-batches
+        if needed > available + reusable:
+            raise RuntimeError(
+                f"offloading needs about {needed / 2**30:.1f} GiB of host memory for this micro-batch but only "
+                f"{(available + reusable) / 2**30:.1f} GiB are available: lower the offload ratio (plan without "
+                "--offload or with a smaller capacity) or free host memory")
+
     # -- the model's hook ---------------------------------------------------------------------------------
     def layer_context(self, i: int) -> ContextManager[None]:
         """The context layer ``i``'s forward runs in (pass the bound method as the model's layer_context)."""
