@@ -165,3 +165,27 @@ def test_size_classes() -> None:
     for n in (1, 511, 512, 513, 4095, 4096, 10**6, 3 * 2**30):
         c = size_class(n)
         assert n <= c <= max(512, n * 1.125 + 1)
+
+
+def test_offloaded_originals_are_freed_after_the_forward() -> None:
+    """The point of offloading: once packed, nothing of ours keeps the original tensors alive."""
+    import gc
+    import weakref
+
+    model = make_model()
+    tokens, labels = batch()
+    refs: list[tuple[weakref.ref[torch.Tensor], int]] = []
+    with offloader(model, 1.0) as off:
+        copy_out = off._copy_out
+
+        def spy(i: int, t: torch.Tensor):  # type: ignore[no-untyped-def]
+            refs.append((weakref.ref(t), t.numel() * t.element_size()))
+            return copy_out(i, t)
+
+        off._copy_out = spy  # type: ignore[method-assign]
+        loss = model(tokens, labels, layer_context=off.layer_context)
+        gc.collect()
+        alive = sum(n for r, n in refs if r() is not None)
+        total = sum(n for _, n in refs)
+        assert total > 0 and alive <= 0.05 * total, f"{alive} of {total} offloaded bytes still alive"
+        loss.backward()
