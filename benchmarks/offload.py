@@ -30,7 +30,7 @@ from hdp.data.synthetic import sample_lengths
 from hdp.plan import CostModel, ModelConfig, build_cost_model, get_model, make_plan
 from hdp.plan.sharding import offload_token_limit, place
 from hdp.runtime.host_pool import HostBufferPool
-from hdp.runtime.offload import ActivationOffloader, num_offloaded_layers
+from hdp.runtime.offload import DEFAULT_MIN_BYTES, ActivationOffloader, num_offloaded_layers
 
 
 # -- a LLaMA layer (the runtime model is not used so the benchmark isolates offloading) ------------------
@@ -92,7 +92,8 @@ class Result:
 
 
 def run_config(model: Stack, x: torch.Tensor, name: str, ratio: float | None, mode: str, pool: HostBufferPool,
-               steps: int, ref: list[torch.Tensor] | None, act_bytes_per_layer: float) -> tuple[Result, list[torch.Tensor]]:
+               steps: int, ref: list[torch.Tensor] | None, act_bytes_per_layer: float,
+               min_bytes: int) -> tuple[Result, list[torch.Tensor]]:
     n = len(model.layers)
     k = n if mode == "save_on_cpu" else (num_offloaded_layers(ratio or 0.0, n) if mode == "layers" else 0)
     res = Result(x.shape[1], name, ratio, k)
@@ -105,7 +106,7 @@ def run_config(model: Stack, x: torch.Tensor, name: str, ratio: float | None, mo
             off = None
             if mode != "none":
                 off = ActivationOffloader(ratio or 0.0, n, x.device, pool=pool, params=model.parameters(), mode=mode,  # type: ignore[arg-type]
-                                          act_bytes_per_layer=act_bytes_per_layer)
+                                          act_bytes_per_layer=act_bytes_per_layer, min_bytes=min_bytes)
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -180,7 +181,8 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         configs += [("r=0.5", 0.5, "layers"), ("r=1.0", 1.0, "layers"), ("save_on_cpu", None, "save_on_cpu")]
         ref = None
         for name, ratio, mode in configs:
-            res, grads = run_config(model, x, name, ratio, mode, pool, args.steps, ref, act)
+            min_bytes = args.min_bytes if args.min_bytes is not None else (DEFAULT_MIN_BYTES if cuda else 0)
+            res, grads = run_config(model, x, name, ratio, mode, pool, args.steps, ref, act, min_bytes)
             if ref is None:
                 ref = grads or None
             results.append(res)
@@ -259,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranks", type=int, default=1024)
     p.add_argument("--capacity", type=int, default=None, help="planner capacity (default: derived for llama-7b)")
     p.add_argument("--plan-tokens", type=int, default=32 * 2**20, help="global batch for the planner summary")
+    p.add_argument("--min-bytes", type=int, default=None,
+                   help="smallest saved tensor to offload (default 1 MiB with CUDA, 0 in the reduced CPU form)")
     p.add_argument("--cpu", action="store_true", help="run the reduced CPU form even when CUDA is available")
     p.add_argument("--json-out", metavar="FILE", help="also write the JSON report here")
     args = p.parse_args(argv)
