@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
-import math
 import platform
 import statistics
 import sys
@@ -65,14 +65,9 @@ class Stack(nn.Module):
 
     def forward(self, x: torch.Tensor, layer_context=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
         for i, layer in enumerate(self.layers):
-            with layer_context(i) if layer_context else _null():
+            with layer_context(i) if layer_context else contextlib.nullcontext():
                 x = layer(x)
         return x.float().square().mean()
-
-
-class _null:
-    def __enter__(self) -> None: ...
-    def __exit__(self, *a: object) -> None: ...
 
 
 # -- one configuration -----------------------------------------------------------------------------------

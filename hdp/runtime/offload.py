@@ -125,12 +125,18 @@ def _is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+def _with_index(device: torch.device) -> torch.device:
+    """cuda -> cuda:<current>, so comparing it with a tensor's device (always indexed) works."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class _Offloaded:
     """What autograd holds instead of a saved device tensor of an offloaded layer."""
 
     __slots__ = ("layer", "buffer", "host", "size", "stride", "dtype", "d2h_done", "h2d_done", "device_tensor",
-                 "released",
-                 "__weakref__")
+                 "released", "__weakref__")
 
     def __init__(self, layer: int, buffer: HostBuffer, host: torch.Tensor, t: torch.Tensor, d2h_done: object) -> None:
         self.layer = layer
@@ -174,7 +180,7 @@ class ActivationOffloader:
             raise ValueError(f"prefetch_distance must be >= 1, got {prefetch_distance}")
         self.plan = OffloadPlan(offload_ratio, num_layers)
         self.mode: OffloadMode = mode
-        self.device = torch.device(device)
+        self.device = _with_index(torch.device(device))
         self.min_bytes = min_bytes
         self.prefetch_distance = prefetch_distance
         self.stats = OffloadStats()
@@ -197,7 +203,6 @@ class ActivationOffloader:
                                  if j + d < num_layers)
         self._param_storages = frozenset(p.untyped_storage().data_ptr() for p in params)
         self._pending: dict[int, list[_Offloaded]] = {}
-        self._fetched: set[int] = set()
         self._entered: set[int] = set()
         self._buffers: list[tuple[HostBuffer, weakref.ref[_Offloaded]]] = []
         self._seen: dict[tuple[int, int], tuple[torch.Tensor, _Offloaded]] = {}
@@ -346,7 +351,6 @@ class ActivationOffloader:
                 self._fetch_layer(j)
 
     def _fetch_layer(self, j: int) -> None:
-        self._fetched.add(j)
         self._fetch(self._pending.pop(j))
 
     def _fetch(self, handles: list[_Offloaded]) -> None:
