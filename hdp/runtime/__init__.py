@@ -1,0 +1,1 @@
+"""Runtime on one rank: model, attention, activation offloading, train step. Imports torch."""
