@@ -21,7 +21,7 @@ from hdp.sim.report import format_table
 from hdp.sim.run import simulate
 
 PUBLISHED = {"static": 1.0, "hdp-naive": 1.59, "hdp-offload": 2.01, "hdp": 3.69}
-ORDER = ["static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-capped", "hdp-balance"]
+ORDER = ["static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-uncapped", "hdp-balance"]
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from hdp.sim.run import simulate
 MODELS = [("llama-7b", 1, 1, 1024), ("llama-13b", 2, 1, 2048), ("llama-30b", 4, 1, 4096), ("llama-70b", 8, 1, 8192)]
 CONTEXTS = [2**18, 2**19, 2**20, 2**21]
 DISTS = ["byted", "github"]
-STRATEGIES = ["static", "pow2", "hdp", "hdp-capped", "hdp-balance"]
+STRATEGIES = ["static", "pow2", "hdp", "hdp-uncapped", "hdp-balance"]
 
 
 def main() -> int:

@@ -71,22 +71,26 @@ def plan_static(draft: Draft, max_len: int) -> int:
     return cp
 
 
-def pow2_size(length: int, capacity: int) -> int:
+def pow2_size(length: int, capacity: int, num_ranks: int) -> int:
+    """The smallest power-of-two group whose members' zig-zag shares fit C; 0 when none up to
+    ``num_ranks`` does."""
     k = 1
-    while k * capacity < length or (k > 1 and max_member_tokens(length, k) > capacity):
+    while k <= num_ranks:
+        if k * capacity >= length and (k == 1 or max_member_tokens(length, k) <= capacity):
+            return k
         k *= 2
-    return k
+    return 0
 
 
 def plan_pow2(draft: Draft, cost: CostModel) -> None:
     """Fill ``draft`` with power-of-two rings on aligned groups, balanced by time (LPT)."""
     n, cap, lengths = draft.num_ranks, draft.capacity, draft.lengths
-    sizes = [pow2_size(length, cap) for length in lengths]
+    sizes = [pow2_size(length, cap, n) for length in lengths]
     for i, k in enumerate(sizes):
-        if k > n:
+        if k == 0:
             raise PlanError(
-                f"sequence {i} has {lengths[i]:,} tokens; pow2 needs an aligned group of {k:,} ranks "
-                f"but only {n:,} exist: raise --ranks or --capacity"
+                f"sequence {i} has {lengths[i]:,} tokens; pow2 needs an aligned power-of-two group "
+                f"larger than {n:,} ranks to hold it: raise --ranks or --capacity"
             )
     load = [0.0] * n
     rings = sorted((i for i, k in enumerate(sizes) if k > 1),

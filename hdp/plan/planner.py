@@ -39,7 +39,7 @@ def make_plan(
     max_len: int | None = None,
     seed: int = 0,
     balance_by: BalanceBy = "work",
-    offload_cap: bool = False,
+    offload_cap: bool = True,
     widen: bool = False,
 ) -> Plan:
     """Plan one global batch.
@@ -51,7 +51,7 @@ def make_plan(
     from the calibration) or ``time`` (the calibrated cost model). Placement, offload ratios and the
     predicted step time always use the cost model. ``seed`` is recorded; planning is deterministic
     and breaks every tie by index.
-    ``offload_cap`` (with ``offload``) keeps a sequence on more ranks than offloading allows when
+    ``offload_cap`` (with ``offload``; on by default) keeps a sequence on more ranks than offloading allows when
     the fewest would make its per-rank time exceed the no-offload lower bound of the batch: fewer
     ranks then lengthen the step instead of freeing ranks (the simulator shows this at 2M tokens).
     ``widen`` (strategy ``hdp`` only; DESIGN.md "beyond the paper") gives a sequence more ranks than

@@ -36,8 +36,8 @@ def fits(strategy: str, lengths: list[int], ranks: int, capacity: int) -> bool:
     if need > ranks:
         return False
     if strategy == "pow2":
-        return all(2 ** math.ceil(math.log2(ranks_needed(n, capacity))) <= ranks and
-                   _pow2(n, capacity) <= ranks for n in lengths)
+        from hdp.plan.baselines import pow2_size
+        return all(pow2_size(n, capacity, ranks) > 0 for n in lengths)
     if strategy == "static":
         from hdp.plan.baselines import static_cp_size
         try:
@@ -45,11 +45,6 @@ def fits(strategy: str, lengths: list[int], ranks: int, capacity: int) -> bool:
         except ValueError:
             return False
     return True
-
-
-def _pow2(n: int, capacity: int) -> int:
-    from hdp.plan.baselines import pow2_size
-    return pow2_size(n, capacity)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

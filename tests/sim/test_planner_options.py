@@ -11,17 +11,17 @@ LENGTHS = [400_000] + [3_000] * 400 + [20_000] * 40  # one long sequence, many s
 
 
 def test_offload_cap_keeps_the_long_ring_within_the_bound():
-    free = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True)
-    capped = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True, offload_cap=True)
+    free = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True, offload_cap=False)
+    capped = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True)
     assert violations(free) == [] and violations(capped) == []
     assert capped.max_ring >= free.max_ring
     cl = Cluster(64)
     assert simulate_step(capped, COST, cl).step_time_s <= simulate_step(free, COST, cl).step_time_s
 
 
-def test_defaults_unchanged():
+def test_defaults_are_capped_offload_without_widening():
     a = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True)
-    b = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True, offload_cap=False, widen=False)
+    b = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True, offload_cap=True, widen=False)
     assert a.fingerprint == b.fingerprint
 
 
