@@ -1,0 +1,104 @@
+"""Ring attention across real processes (gloo, localhost): forward and backward against full attention.
+
+Starting processes is the slow part on small machines, so one start per world size runs many cases
+inside, and processes are forked (importing torch again in five fresh interpreters costs more than
+all the cases). Children use one intra-op thread, which keeps fork safe after the parent used OpenMP.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from attention_cases import build_plan, dense_reference, free_port, seq_tensors
+
+from hdp.runtime import RingTimeoutError, build_layout, hdp_attention, token_index
+
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
+
+# World of 5. Round 0: a 2-ring on ranks (3, 1) and a 3-ring on (4, 0, 2) at once, on disjoint ranks,
+# beside whole docs (ranks 0 and 3). Round 1: a 5-ring in a scrambled rank order plus a doc. Round 2:
+# two 5-rings in one micro-batch (the static baseline's shape), one with an empty piece (length 9 <
+# 2k = 10), and a 3-ring where member 1 (rank 1) holds no token at all. No length divides by 2k.
+LENGTHS = [23, 41, 5, 1, 7, 53, 4, 13, 9, 2]
+ROUNDS = [
+    [("doc", 2, 3), ("doc", 3, 0), ("doc", 4, 0), ("ring", 0, (3, 1)), ("ring", 1, (4, 0, 2))],
+    [("doc", 6, 1), ("ring", 5, (2, 4, 1, 0, 3))],
+    [("ring", 7, (0, 1, 2, 3, 4)), ("ring", 8, (4, 3, 2, 1, 0)), ("ring", 9, (3, 1, 4))],
+]
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+
+
+def _check_rank(rank: int, world: int, port: int) -> None:
+    _init(rank, world, port)
+    plan = build_plan(world, LENGTHS, ROUNDS)
+    refs = {}
+    for i, n in enumerate(LENGTHS):
+        q, k, v, dout = seq_tensors(i, n)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, _ = dense_reference(*leaves, torch.zeros(n), torch.arange(n))
+        out.backward(dout)
+        refs[i] = (q, k, v, dout, out.detach(), *(t.grad for t in leaves))
+    for mb in range(len(plan.ranks[rank].micro_batches)):
+        layout = build_layout(plan, rank, mb)
+        seq_ids, positions = token_index(layout)
+
+        def rows(j):  # buffer rows of reference tensor j, gathered by (seq, position)
+            return torch.stack([refs[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
+
+        q, k, v = (rows(j).requires_grad_() for j in range(3))
+        out = hdp_attention(q, k, v, layout, timeout_s=30.0)
+        out.backward(rows(3))
+        where = f"rank {rank} micro-batch {mb}"
+        torch.testing.assert_close(out, rows(4), rtol=1e-10, atol=1e-10, msg=lambda m: f"{where} out: {m}")
+        for name, got, j in (("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
+            torch.testing.assert_close(got, rows(j), rtol=1e-10, atol=1e-10, msg=lambda m: f"{where} {name}: {m}")
+    dist.destroy_process_group()
+
+
+def _start(fn, args: tuple, nprocs: int) -> None:
+    mp.start_processes(fn, args=args, nprocs=nprocs, join=True, start_method="fork")
+
+
+def test_ring_attention_equals_full_attention_forward_and_backward():
+    _start(_check_rank, (5, free_port()), 5)
+
+
+def _missing_peer(rank: int, world: int, port: int, flag: str) -> None:
+    _init(rank, world, port)
+    plan = build_plan(world, [12], [[("ring", 0, (0, 1))]])
+    try:
+        if rank == 0:
+            layout = build_layout(plan, 0, 0)
+            q = torch.randn(layout.num_tokens, 4, 8)
+            k = v = torch.randn(layout.num_tokens, 2, 8)
+            start = time.monotonic()
+            with pytest.raises(RingTimeoutError) as info:
+                hdp_attention(q, k, v, layout, timeout_s=1.0)
+            assert time.monotonic() - start < 20
+            message = str(info.value)
+            for part in ("ring 0", "micro-batch 0", "rank 1", "1 s"):
+                assert part in message, message
+        else:  # rank 1 never joins the ring: it only waits until rank 0 has seen the error
+            deadline = time.monotonic() + 60
+            while not os.path.exists(flag) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        if rank == 0:
+            open(flag, "w").close()
+    # Exit without tearing down the group: rank 0 still has unmatched transfers posted.
+    os._exit(0)
+
+
+def test_missing_peer_raises_a_timeout_naming_ring_and_peer():
+    with tempfile.TemporaryDirectory() as tmp:
+        _start(_missing_peer, (2, free_port(), os.path.join(tmp, "done")), 2)
