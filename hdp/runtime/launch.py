@@ -16,8 +16,8 @@ import time
 
 from hdp.runtime.config import TrainConfig
 
-GRACE_S = 3.0
-"""How long the survivors of a failed rank may take to print their own error before being stopped."""
+MAX_GRACE_S = 10.0
+"""Longest the survivors of a failed rank may take to report their own error before being stopped."""
 
 
 def free_port() -> int:
@@ -64,11 +64,12 @@ def spawn(config: TrainConfig, nproc: int) -> int:
              for r in range(nproc)]
     for p in procs:
         p.start()
-    return watch(procs)
+    # Survivors notice a dead peer within --timeout; let them say so themselves, within reason.
+    return watch(procs, grace_s=min(config.timeout_s + 1.0, MAX_GRACE_S))
 
 
-def watch(procs: list, poll_s: float = 0.05) -> int:
-    """Wait for all ranks; on the first failure stop the rest after ``GRACE_S``. Returns the exit code."""
+def watch(procs: list, grace_s: float = 3.0, poll_s: float = 0.05) -> int:
+    """Wait for all ranks; on the first failure stop the rest after ``grace_s``. Returns the exit code."""
     failed_at: float | None = None
     first_code = 0
     try:
@@ -78,7 +79,7 @@ def watch(procs: list, poll_s: float = 0.05) -> int:
                     failed_at, first_code = time.monotonic(), p.exitcode
                     print(f"hdp train: rank {r} failed (exit code {p.exitcode}); stopping the run",
                           file=sys.stderr, flush=True)
-            if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 stopped = [r for r, p in enumerate(procs) if p.exitcode is None]
                 _stop(procs)
                 if stopped:
