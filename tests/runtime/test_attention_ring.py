@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from attention_cases import build_plan, dense_reference, free_port, seq_tensors
 
 from hdp.runtime import RingTimeoutError, build_layout, hdp_attention, token_index
+from hdp.runtime import pair_kernels
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
 
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
 # beside whole docs (ranks 0 and 3). Round 1: a 5-ring in a scrambled rank order plus a doc. Round 2:
 # two 5-rings in one micro-batch (the static baseline's shape), one with an empty piece (length 9 <
 # 2k = 10), and a 3-ring where member 1 (rank 1) holds no token at all. No length divides by 2k.
+# Each case runs with the fused pair kernel, the matmul kernel, and in bfloat16 (merges in float32:
+# the error stays at bf16 rounding of the inputs however many blocks are merged).
 LENGTHS = [23, 41, 5, 1, 7, 53, 4, 13, 9, 2]
 ROUNDS = [
     [("doc", 2, 3), ("doc", 3, 0), ("doc", 4, 0), ("ring", 0, (3, 1)), ("ring", 1, (4, 0, 2))],
@@ -48,20 +51,24 @@ def _check_rank(rank: int, world: int, port: int) -> None:
         out, _ = dense_reference(*leaves, torch.zeros(n), torch.arange(n))
         out.backward(dout)
         refs[i] = (q, k, v, dout, out.detach(), *(t.grad for t in leaves))
-    for mb in range(len(plan.ranks[rank].micro_batches)):
-        layout = build_layout(plan, rank, mb)
-        seq_ids, positions = token_index(layout)
+    auto = pair_kernels.choose_kernel
+    cases = [("auto", torch.float64, 1e-10), ("matmul", torch.float64, 1e-10), ("auto", torch.bfloat16, 3e-2)]
+    for kernel, dtype, tol in cases:
+        pair_kernels.choose_kernel = auto if kernel == "auto" else (lambda q: kernel)
+        for mb in range(len(plan.ranks[rank].micro_batches)):
+            layout = build_layout(plan, rank, mb)
+            seq_ids, positions = token_index(layout)
 
-        def rows(j):  # buffer rows of reference tensor j, gathered by (seq, position)
-            return torch.stack([refs[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
+            def rows(j):  # buffer rows of reference tensor j, gathered by (seq, position)
+                return torch.stack([refs[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
 
-        q, k, v = (rows(j).requires_grad_() for j in range(3))
-        out = hdp_attention(q, k, v, layout, timeout_s=30.0)
-        out.backward(rows(3))
-        where = f"rank {rank} micro-batch {mb}"
-        torch.testing.assert_close(out, rows(4), rtol=1e-10, atol=1e-10, msg=lambda m: f"{where} out: {m}")
-        for name, got, j in (("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
-            torch.testing.assert_close(got, rows(j), rtol=1e-10, atol=1e-10, msg=lambda m: f"{where} {name}: {m}")
+            q, k, v = (rows(j).to(dtype).requires_grad_() for j in range(3))
+            out = hdp_attention(q, k, v, layout, timeout_s=30.0)
+            out.backward(rows(3).to(dtype))
+            where = f"rank {rank} micro-batch {mb} kernel {kernel} {dtype}"
+            for name, got, j in (("out", out, 4), ("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
+                assert got.dtype == dtype
+                torch.testing.assert_close(got.double(), rows(j), rtol=tol, atol=tol, msg=lambda m: f"{where} {name}: {m}")
     dist.destroy_process_group()
 
 
