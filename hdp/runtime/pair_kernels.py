@@ -30,7 +30,7 @@ Kernel = Literal["auto", "cpu_flash", "cuda_flash", "matmul"]
 def choose_kernel(q: torch.Tensor) -> Kernel:
     if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
         return "cpu_flash"
-    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
         return "cuda_flash"
     return "matmul"
 
