@@ -53,6 +53,7 @@ class RingComm:
         self._queued: list[dist.P2POp] = []
         self._peers: list[tuple[str, int]] = []
         self._works: list[tuple[object, str, int]] | None = None
+        self._buffers: list[torch.Tensor] = []  # kept alive until wait: the backend reads/writes them
 
     def send_recv(self, to_send: torch.Tensor, recv_shape: tuple[int, ...], tag: int = 0) -> torch.Tensor:
         """Queue sending ``to_send`` to the next member and receiving a ``recv_shape`` buffer from the previous.
@@ -63,8 +64,10 @@ class RingComm:
         if self._works is not None:
             raise RingCommError(f"ring {self.ring_id}: send_recv after commit and before wait")
         recv = torch.empty(recv_shape, dtype=to_send.dtype, device=to_send.device)
+        to_send = to_send.contiguous()
+        self._buffers += [to_send, recv]
         if to_send.numel() > 0:
-            self._queued.append(dist.P2POp(dist.isend, to_send.contiguous(), self.next_rank, tag=tag))
+            self._queued.append(dist.P2POp(dist.isend, to_send, self.next_rank, tag=tag))
             self._peers.append(("send to", self.next_rank))
         if recv.numel() > 0:
             self._queued.append(dist.P2POp(dist.irecv, recv, self.prev_rank, tag=tag))
@@ -76,7 +79,11 @@ class RingComm:
         if self._works is not None:
             raise RingCommError(f"ring {self.ring_id}: commit twice without wait")
         works = dist.batch_isend_irecv(self._queued) if self._queued else []
-        self._works = [(w, what, peer) for w, (what, peer) in zip(works, self._peers)]
+        if len(works) == len(self._peers):
+            self._works = [(w, what, peer) for w, (what, peer) in zip(works, self._peers)]
+        else:  # a backend that coalesces the batch into one work: name every peer of the batch
+            peers = " / ".join(f"{what} rank {peer}" for what, peer in self._peers)
+            self._works = [(w, peers, -1) for w in works]
         self._queued, self._peers = [], []
 
     def wait(self) -> None:
@@ -84,6 +91,7 @@ class RingComm:
         if self._works is None:
             raise RingCommError(f"ring {self.ring_id}: wait without commit")
         works, self._works = self._works, None
+        buffers, self._buffers = self._buffers, []
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         for work, what, peer in works:
             try:
@@ -95,11 +103,13 @@ class RingComm:
             except RuntimeError as e:
                 late = deadline is not None and time.monotonic() >= deadline
                 kind = RingTimeoutError if late or "time" in str(e).lower() else RingCommError
+                op = f"{what} rank {peer}" if peer >= 0 else what
                 raise kind(
-                    f"ring {self.ring_id}, micro-batch {self.mb_index}: {what} rank {peer} did not complete"
+                    f"ring {self.ring_id}, micro-batch {self.mb_index}: {op} did not complete"
                     + (f" within {self.timeout_s:g} s" if self.timeout_s is not None else "")
-                    + f" (this rank {dist.get_rank()}); is rank {peer} running the same plan and alive?"
+                    + f" (this rank {dist.get_rank()}); is that peer alive and running the same plan?"
                 ) from e
+        del buffers  # completed: the backend no longer touches them
 
     @property
     def pending(self) -> bool:
