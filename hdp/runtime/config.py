@@ -18,11 +18,11 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     """Parameter and activation dtype."""
     steps: int = 20
-    global_batch_tokens: int = 8192
+    global_batch_tokens: int = 4096
     """Tokens per step, whatever the number of ranks."""
-    capacity: int = 1024
+    capacity: int = 256
     """Tokens one micro-batch may hold on one rank (the planner's C); longer sequences become rings."""
-    max_seq_len: int = 2048
+    max_seq_len: int = 1024
     """Documents are cut into pieces of at most this many tokens."""
     strategy: Literal["hdp", "static", "pow2"] = "hdp"
     seed: int = 0
