@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from attention_cases import build_plan, dense_reference, free_port, seq_tensors
 
+from hdp.plan import build_cost_model, make_plan
 from hdp.runtime import RingTimeoutError, build_layout, hdp_attention, token_index
 from hdp.runtime import pair_kernels
 
@@ -41,34 +42,55 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
 
-def _check_rank(rank: int, world: int, port: int) -> None:
-    _init(rank, world, port)
-    plan = build_plan(world, LENGTHS, ROUNDS)
+# Plans from the planner itself, same 5 ranks: hdp (rings of 4, 3 and 2 beside whole sequences),
+# static (every sequence on a 5-ring, up to four rings per micro-batch, members with no tokens) and
+# pow2 (rings on aligned power-of-two groups).
+PLANNER_LENGTHS = [37, 5, 9, 3, 60, 4, 16, 1, 23, 11]
+
+
+def _references(lengths: list[int]) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Per sequence: q, k, v, dout, and full-attention out, dq, dk, dv (float64)."""
     refs = {}
-    for i, n in enumerate(LENGTHS):
+    for i, n in enumerate(lengths):
         q, k, v, dout = seq_tensors(i, n)
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out, _ = dense_reference(*leaves, torch.zeros(n), torch.arange(n))
         out.backward(dout)
         refs[i] = (q, k, v, dout, out.detach(), *(t.grad for t in leaves))
+    return refs
+
+
+def _check_plan(plan, rank: int, refs, label: str, dtype: torch.dtype, tol: float) -> None:
+    for mb in range(len(plan.ranks[rank].micro_batches)):
+        layout = build_layout(plan, rank, mb)
+        seq_ids, positions = token_index(layout)
+
+        def rows(j):  # buffer rows of reference tensor j, gathered by (seq, position)
+            return torch.stack([refs[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
+
+        q, k, v = (rows(j).to(dtype).requires_grad_() for j in range(3))
+        out = hdp_attention(q, k, v, layout, timeout_s=30.0)
+        out.backward(rows(3).to(dtype))
+        where = f"{label}: rank {rank} micro-batch {mb} {dtype}"
+        for name, got, j in (("out", out, 4), ("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
+            assert got.dtype == dtype
+            torch.testing.assert_close(got.double(), rows(j), rtol=tol, atol=tol, msg=lambda m: f"{where} {name}: {m}")
+
+
+def _check_rank(rank: int, world: int, port: int) -> None:
+    _init(rank, world, port)
+    plan = build_plan(world, LENGTHS, ROUNDS)
+    refs = _references(LENGTHS)
     auto = pair_kernels.choose_kernel
-    cases = [("auto", torch.float64, 1e-10), ("matmul", torch.float64, 1e-10), ("auto", torch.bfloat16, 3e-2)]
-    for kernel, dtype, tol in cases:
+    for kernel, dtype, tol in [("auto", torch.float64, 1e-10), ("matmul", torch.float64, 1e-10),
+                               ("auto", torch.bfloat16, 3e-2)]:
         pair_kernels.choose_kernel = auto if kernel == "auto" else (lambda q: kernel)
-        for mb in range(len(plan.ranks[rank].micro_batches)):
-            layout = build_layout(plan, rank, mb)
-            seq_ids, positions = token_index(layout)
-
-            def rows(j):  # buffer rows of reference tensor j, gathered by (seq, position)
-                return torch.stack([refs[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
-
-            q, k, v = (rows(j).to(dtype).requires_grad_() for j in range(3))
-            out = hdp_attention(q, k, v, layout, timeout_s=30.0)
-            out.backward(rows(3).to(dtype))
-            where = f"rank {rank} micro-batch {mb} kernel {kernel} {dtype}"
-            for name, got, j in (("out", out, 4), ("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
-                assert got.dtype == dtype
-                torch.testing.assert_close(got.double(), rows(j), rtol=tol, atol=tol, msg=lambda m: f"{where} {name}: {m}")
+        _check_plan(plan, rank, refs, f"hand-built plan, {kernel} kernel", dtype, tol)
+    pair_kernels.choose_kernel = auto
+    refs = _references(PLANNER_LENGTHS)
+    for strategy in ("hdp", "static", "pow2"):
+        plan = make_plan(PLANNER_LENGTHS, world, 16, build_cost_model("tiny"), strategy=strategy)
+        _check_plan(plan, rank, refs, f"{strategy} plan", torch.float64, 1e-10)
     dist.destroy_process_group()
 
 
