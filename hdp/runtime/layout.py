@@ -139,7 +139,9 @@ def build_layout(plan: Plan, rank: int, mb_index: int) -> AttentionLayout:
     for g in sorted(mb.rings):
         ring = plan.rings[g]
         if rank not in ring.ranks:
-            raise ValueError(f"micro-batch {mb_index} of rank {rank} lists ring {g}, whose members are {list(ring.ranks)}")
+            raise ValueError(
+                f"micro-batch {mb_index} of rank {rank} lists ring {g}, whose members are {list(ring.ranks)}"
+            )
         if ring.seq in ring_of_seq:
             raise ValueError(f"sequence {ring.seq} is in two rings of micro-batch {mb_index} of rank {rank}")
         ring_of_seq[ring.seq] = ring
@@ -159,7 +161,8 @@ def build_layout(plan: Plan, rank: int, mb_index: int) -> AttentionLayout:
         docs.append(span)
 
     rings = [_ring_slot(plan, ring, rank, mb_index, by_seq.get(ring.seq, []), row) for ring in ring_of_seq.values()]
-    return AttentionLayout(rank, mb_index, row, tuple(spans), tuple(docs), tuple(sorted(rings, key=lambda r: r.ring_id)))
+    rings.sort(key=lambda r: r.ring_id)
+    return AttentionLayout(rank, mb_index, row, tuple(spans), tuple(docs), tuple(rings))
 
 
 def _ring_slot(plan: Plan, ring, rank: int, mb_index: int, held: list[tuple[Segment, Span]], end_row: int) -> RingSlot:

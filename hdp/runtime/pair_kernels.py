@@ -30,7 +30,8 @@ Kernel = Literal["auto", "cpu_flash", "cuda_flash", "matmul"]
 def choose_kernel(q: torch.Tensor) -> Kernel:
     if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
         return "cpu_flash"
-    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
+    head_dim = q.shape[-1]
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256:
         return "cuda_flash"
     return "matmul"
 
@@ -73,7 +74,8 @@ def pair_backward(
     kernel = choose_kernel(q) if kernel == "auto" else kernel
     dt, hq, hkv = acc_dtype(q.dtype), q.shape[1], k.shape[1]
     if kernel == "matmul":
-        return block_backward(dout, q, k, v, out, lse, *_mask_positions(q.shape[0], k.shape[0], causal, q.device), scale)
+        q_pos, k_pos = _mask_positions(q.shape[0], k.shape[0], causal, q.device)
+        return block_backward(dout, q, k, v, out, lse, q_pos, k_pos, scale)
     args = (_bhld(dout.to(q.dtype), hq), _bhld(q, hq), _bhld(k, hq), _bhld(v, hq), _bhld(out.to(q.dtype), hq))
     if kernel == "cpu_flash":
         lse_in = lse.unsqueeze(0).contiguous()

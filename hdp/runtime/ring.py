@@ -56,7 +56,9 @@ class RingAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, slot: RingSlot, mb_index: int, scale: float, timeout_s: float | None, kernel: Kernel):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, q, k, v, slot: RingSlot, mb_index: int, scale: float, timeout_s: float | None, kernel: Kernel
+    ):
         dt = acc_dtype(q.dtype)
         q_pieces = member_pieces(slot, slot.position)
         out = torch.zeros(q.shape, dtype=dt, device=q.device)
