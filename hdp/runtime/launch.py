@@ -57,7 +57,9 @@ def launch(config: TrainConfig, nproc: int) -> int:
 
 
 def spawn(config: TrainConfig, nproc: int) -> int:
-    ctx = mp.get_context("spawn")
+    # fork: children reuse the parent's imports (torch takes seconds to import on a small machine).
+    # Safe here: the parent has run no torch ops and started no threads; spawn where fork is missing.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // nproc)
     procs = [ctx.Process(target=_child, args=(config, r, nproc, port, threads), name=f"hdp-rank-{r}")
