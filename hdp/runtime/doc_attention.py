@@ -97,7 +97,9 @@ def _flash_varlen(q, k, v, cu_seqlens, scale):
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # Default dynamic-shape policy: buffer lengths change every micro-batch, and a static compile
+    # would recompile for each new length until the cache limit.
+    return torch.compile(flex_attention)
 
 
 def _flex(q, k, v, cu_seqlens, scale):

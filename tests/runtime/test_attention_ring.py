@@ -17,9 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from attention_cases import build_plan, dense_reference, free_port, seq_tensors
 
+import hdp.runtime.pair_kernels as pair_kernels
 from hdp.plan import build_cost_model, make_plan
 from hdp.runtime import RingTimeoutError, build_layout, hdp_attention, token_index
-from hdp.runtime import pair_kernels
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
 
