@@ -199,3 +199,12 @@ def test_fused_pair_kernel_equals_matmul_kernel(causal, nq, nk):
     for a, b in zip(fused + fused_grads, exact + exact_grads):
         assert a.dtype == torch.float64 and a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_hdp_attention_rejects_buffers_that_do_not_match_the_layout():
+    lay = build_layout(build_plan(1, [5, 3], [[("doc", 0, 0), ("doc", 1, 0)]]), 0, 0)
+    q, kv = torch.randn(8, HQ, DIM), torch.randn(8, HKV, DIM)
+    with pytest.raises(ValueError, match="has 8 tokens"):
+        hdp_attention(q[:7], kv, kv, lay, timeout_s=1.0)
+    with pytest.raises(ValueError, match="not a multiple"):
+        hdp_attention(q, torch.randn(8, 3, DIM), torch.randn(8, 3, DIM), lay, timeout_s=1.0)
