@@ -1,6 +1,8 @@
 """Runtime: executes a Plan with torch.distributed (model, HDP attention, train step).
 
 Names are imported lazily so ``import hdp.runtime`` stays cheap and ``hdp.plan`` never pulls in torch.
+No export shares its name with a submodule (importing the submodule would shadow it): the function
+``doc_attention`` is imported from ``hdp.runtime.doc_attention``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ _EXPORTS = {
     "Span": "hdp.runtime.layout",
     "build_layout": "hdp.runtime.layout",
     "token_index": "hdp.runtime.layout",
-    "doc_attention": "hdp.runtime.doc_attention",
     "ring_attention": "hdp.runtime.ring",
     "RingComm": "hdp.runtime.ring_comm",
     "RingCommError": "hdp.runtime.ring_comm",
