@@ -57,8 +57,11 @@ class Run:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
         longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
-        make_plan([longest], num_ranks, c.capacity, self.cost, strategy=c.strategy, offload=c.offload,
-                  max_len=c.max_seq_len, seed=c.seed)
+        try:
+            make_plan([longest], num_ranks, c.capacity, self.cost, strategy=c.strategy, offload=c.offload,
+                      max_len=c.max_seq_len, seed=c.seed)
+        except ValueError as e:  # the planner speaks of --ranks; here the ranks are processes
+            raise ValueError(f"{e} (documents are cut at --max-seq-len {c.max_seq_len:,})".replace("--ranks", "--nproc")) from None
 
 
 def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float) -> dict[str, Any]:
