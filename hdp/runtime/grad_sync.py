@@ -36,7 +36,7 @@ def sync_gradients(model: nn.Module, scalars: list[float], group: dist.ProcessGr
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone() if p.dtype != dtype else flat[offset:offset + n].view_as(p)
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)  # a view of flat when dtypes agree
         offset += n
     # The norm of the summed gradient: identical on every rank, no second collective.
     norm = torch.linalg.vector_norm(flat[:numel])

@@ -56,6 +56,7 @@ def test_loss_and_grad_norm_equal_on_1_and_3_ranks(tmp_path):
         assert three["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-9)
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
     (["--nproc", "2", "--capacity", "64", "--max-seq-len", "1024"], "needs 16 ranks but only 2 exist"),
     (["--data", "EMPTY"], "has no non-empty documents"),

@@ -115,6 +115,7 @@ def test_step_equals_single_process_with_rings_uneven_micro_batches_and_an_idle_
                                        msg=lambda m: f"rank {rank} param {name}: {m}")
 
 
+@pytest.mark.timeout(10)
 def test_world_size_must_match_the_plan():
     with pytest.raises(ValueError, match="plan is for 4 ranks but 3 processes"):
         check_world_size(hand_plan(), 3)
