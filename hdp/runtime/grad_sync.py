@@ -17,7 +17,8 @@ def reduce_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def sync_gradients(model: nn.Module, scalars: list[float], group: dist.ProcessGroup | None) -> tuple[torch.Tensor, list[float]]:
+def sync_gradients(model: nn.Module, scalars: list[torch.Tensor | float], group: dist.ProcessGroup | None
+                   ) -> tuple[torch.Tensor, list[float]]:
     """Sum gradients and ``scalars`` over ranks in place; returns (global grad L2 norm, summed scalars)."""
     params = [p for p in model.parameters() if p.requires_grad]
     ref = params[0]
@@ -30,7 +31,8 @@ def sync_gradients(model: nn.Module, scalars: list[float], group: dist.ProcessGr
         if p.grad is not None:
             flat[offset:offset + n].copy_(p.grad.reshape(-1))
         offset += n
-    flat[numel:] = torch.tensor(scalars, dtype=dtype)
+    for i, x in enumerate(scalars):  # tensors stay on the device: no sync before the all-reduce
+        flat[numel + i] = x
     if dist.is_initialized() and dist.get_world_size(group) > 1:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     offset = 0

@@ -56,12 +56,12 @@ def find_offload() -> OffloadFactory | None:
 
 
 def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
-                     timeout_s: float | None, offload: OffloadFactory | None = None) -> tuple[float, int, int]:
+                     timeout_s: float | None, offload: OffloadFactory | None = None) -> tuple[torch.Tensor, int, int]:
     """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches)."""
     denom = num_labelled_tokens(plan)
     if denom == 0:
         raise ValueError("the global batch has no token with a label (every sequence has length 1): raise --global-batch-tokens")
-    loss_share = 0.0
+    loss_share = torch.zeros((), dtype=torch.float64, device=device)
     inputs = materialise(plan, batch, rank, device)
     for mb in inputs:
         ctx = offload(mb.offload_ratio, model.cfg.num_layers, device) if offload and mb.offload_ratio > 0 else None
@@ -69,7 +69,7 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
         loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
                                ignore_index=IGNORE, reduction="sum") / denom
         loss.backward()
-        loss_share += float(loss.detach())
+        loss_share += loss.detach()  # stays on the device; read once, after the all-reduce
     return loss_share, sum(mb.num_tokens for mb in inputs), len(inputs)
 
 
