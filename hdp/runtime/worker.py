@@ -106,7 +106,9 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
     except ValueError as e:
         print(f"hdp train: error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    except (RuntimeError, dist.DistError) as e:
+    except RuntimeError as e:
+        if not is_peer_failure(e):
+            raise  # our own bug: keep the traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
               f"{config.timeout_s:g} s ({type(e).__name__}: {first[:300]})", file=sys.stderr, flush=True)
@@ -117,6 +119,19 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - a broken group cannot always be torn down; exiting is enough
                 pass
+
+
+PEER_FAILURE_HINTS = ("timed out", "timeout", "connection", "closed", "reset by peer", "gloo", "nccl", "socket")
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """A collective or ring message that failed because a peer died, hung or left (not a bug of ours)."""
+    from hdp.runtime.ring_comm import RingCommError
+
+    if isinstance(e, (dist.DistError, RingCommError)):
+        return True
+    text = str(e).lower()
+    return any(h in text for h in PEER_FAILURE_HINTS)
 
 
 def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool) -> int:
