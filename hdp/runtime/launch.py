@@ -1,0 +1,113 @@
+"""Start the ranks: under torchrun run this process as one rank; otherwise spawn ``nproc`` local CPU
+processes over gloo and watch them.
+
+The parent never waits on a dead rank: when one exits non-zero it gives the others a short grace to
+report their own error, then terminates the rest and returns non-zero. So a failure anywhere ends
+the whole run with a message, never a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+
+from hdp.runtime.config import TrainConfig
+
+MAX_GRACE_S = 10.0
+"""Longest the survivors of a failed rank may take to report their own error before being stopped."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _child(config: TrainConfig, rank: int, world_size: int, port: int, threads: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+
+    torch.set_num_threads(threads)
+    from hdp.runtime.worker import run_rank
+
+    sys.exit(run_rank(config, rank, world_size, rank, use_accelerator=False))
+
+
+def launch(config: TrainConfig, nproc: int) -> int:
+    """Run training; returns the exit code (0 when every rank succeeded)."""
+    from hdp.runtime.worker import Run, env_rank, run_rank
+
+    under = env_rank()
+    if under is not None:
+        rank, world_size, local_rank = under
+        return run_rank(config, rank, world_size, local_rank, use_accelerator=True)
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    # Cheap checks once, in the parent: one clear line instead of the same error from every rank.
+    Run.from_config(config).check_feasible(nproc)
+    if config.metrics:
+        try:
+            open(config.metrics, "w").close()
+        except OSError as e:
+            raise ValueError(f"cannot write --metrics {config.metrics!r}: {e.strerror or e}") from None
+    return spawn(config, nproc)
+
+
+def spawn(config: TrainConfig, nproc: int) -> int:
+    # fork: children reuse the parent's imports (torch takes seconds to import on a small machine).
+    # Safe here: the parent has run no torch ops and started no threads; spawn where fork is missing.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    port = free_port()
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    procs = [ctx.Process(target=_child, args=(config, r, nproc, port, threads), name=f"hdp-rank-{r}")
+             for r in range(nproc)]
+    for p in procs:
+        p.start()
+    # Survivors notice a dead peer within --timeout; let them say so themselves, within reason.
+    return watch(procs, grace_s=min(config.timeout_s + 1.0, MAX_GRACE_S))
+
+
+def watch(procs: list, grace_s: float = 3.0, poll_s: float = 0.05) -> int:
+    """Wait for all ranks; on the first failure stop the rest after ``grace_s``. Returns the exit code."""
+    failed_at: float | None = None
+    first_code = 0
+    try:
+        while any(p.exitcode is None for p in procs):
+            for r, p in enumerate(procs):
+                if p.exitcode not in (None, 0) and failed_at is None:
+                    failed_at, first_code = time.monotonic(), p.exitcode
+                    print(f"hdp train: rank {r} failed (exit code {p.exitcode}); stopping the run",
+                          file=sys.stderr, flush=True)
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                stopped = [r for r, p in enumerate(procs) if p.exitcode is None]
+                _stop(procs)
+                if stopped:
+                    print(f"hdp train: stopped ranks {stopped}", file=sys.stderr, flush=True)
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    for p in procs:
+        p.join()
+    codes = [p.exitcode for p in procs]
+    if first_code == 0:
+        first_code = next((c for c in codes if c not in (0, None)), 0)
+    if first_code == 0:
+        return 0
+    return first_code if first_code > 0 else 1  # negative: killed by a signal
+
+
+def _stop(procs: list) -> None:
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    deadline = time.monotonic() + 2.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.exitcode is None:
+            p.kill()
+            p.join()

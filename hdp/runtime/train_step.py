@@ -1,0 +1,108 @@
+"""One optimizer step of HDP training on one rank: plan check, forward/backward per micro-batch,
+one gradient all-reduce, global norm, clip, AdamW.
+
+Exactness: rank r's loss is  sum(token cross-entropies on r) / (labelled tokens in the GLOBAL batch),
+and gradients are summed over ranks, so the step equals single-process training on the whole global
+batch (up to floating-point summation order) for any plan, any number of micro-batches per rank,
+and ranks with no work at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hdp.data.batches import GlobalBatch
+from hdp.plan.types import Plan
+from hdp.runtime.grad_sync import clip_gradients, sync_gradients
+from hdp.runtime.materialise import IGNORE, check_batch_matches_plan, materialise, num_labelled_tokens
+from hdp.runtime.model import Decoder, LayerContext
+from hdp.runtime.plan_check import check_same_plan, check_world_size
+
+OffloadFactory = Callable[[float, int, torch.device], LayerContext | None]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Global per-token mean cross-entropy (same on every rank)."""
+    grad_norm: float
+    """Global L2 norm of the summed gradient, before clipping."""
+    tokens: int
+    """Tokens in the global batch."""
+    local_tokens: int
+    local_micro_batches: int
+
+
+def find_offload() -> OffloadFactory | None:
+    """The activation-offload hook, if installed: ``hdp.runtime.offload.layer_context(ratio, num_layers, device)``.
+
+    Without it, micro-batches with ``offload_ratio > 0`` run with activations resident: the same math,
+    only more memory.
+    """
+    try:
+        module = importlib.import_module("hdp.runtime.offload")
+    except ModuleNotFoundError as e:
+        if e.name == "hdp.runtime.offload":
+            return None
+        raise
+    return getattr(module, "layer_context", None)
+
+
+def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
+                     timeout_s: float | None, offload: OffloadFactory | None = None) -> tuple[torch.Tensor, int, int]:
+    """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches)."""
+    denom = num_labelled_tokens(plan)
+    if denom == 0:
+        raise ValueError("the global batch has no token with a label (every sequence has length 1): raise --global-batch-tokens")
+    loss_share = torch.zeros((), dtype=torch.float64, device=device)
+    inputs = materialise(plan, batch, rank, device)
+    for mb in inputs:
+        ctx = offload(mb.offload_ratio, model.cfg.num_layers, device) if offload and mb.offload_ratio > 0 else None
+        logits = model(mb.tokens, mb.positions, mb.layout, layer_context=ctx, timeout_s=timeout_s)   # [T, V]
+        loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
+                               ignore_index=IGNORE, reduction="sum") / denom
+        loss.backward()
+        loss_share += loss.detach()  # stays on the device; read once, after the all-reduce
+    return loss_share, sum(mb.num_tokens for mb in inputs), len(inputs)
+
+
+def train_step(model: Decoder, optimizer: torch.optim.Optimizer, plan: Plan, batch: GlobalBatch, *,
+               rank: int, group: dist.ProcessGroup | None, device: torch.device, timeout_s: float | None,
+               max_grad_norm: float = 1.0, offload: OffloadFactory | None = None) -> StepResult:
+    """One step on this rank. Every rank of ``group`` must call it with the same plan and batch."""
+    world_size = dist.get_world_size(group) if dist.is_initialized() else 1
+    check_world_size(plan, world_size)
+    check_batch_matches_plan(plan, batch)
+    if world_size > 1:
+        check_same_plan(plan, group, device)  # first collective of the step
+    optimizer.zero_grad(set_to_none=True)
+    loss_share, local_tokens, local_mbs = forward_backward(model, plan, batch, rank, device,
+                                                           timeout_s=timeout_s, offload=offload)
+    norm, (loss,) = sync_gradients(model, [loss_share], group)
+    clip_gradients(model, norm, max_grad_norm)
+    optimizer.step()
+    return StepResult(loss=loss, grad_norm=float(norm), tokens=plan.total_tokens,
+                      local_tokens=local_tokens, local_micro_batches=local_mbs)
+
+
+def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:
+    """AdamW; decay on matrices only (norm gains and nothing else are 1-D)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=False,
+    )
+
+
+def timed_step(*args, **kwargs) -> tuple[StepResult, float]:
+    start = time.perf_counter()
+    result = train_step(*args, **kwargs)
+    return result, time.perf_counter() - start

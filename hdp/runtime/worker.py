@@ -1,0 +1,220 @@
+"""What one rank does for a whole run: process group, model, then per step plan -> train_step -> report.
+
+Every rank computes the same data and plan for a step from the config alone (no broadcast); the
+fingerprint check in ``train_step`` catches any rank that did not. Errors become one line on
+stderr naming the rank and what is wrong, and a non-zero return code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hdp.data.batches import BatchStream
+from hdp.data.corpus import VOCAB_SIZE, load_corpus
+from hdp.plan import build_cost_model, get_model, make_plan
+from hdp.plan.cost import CostModel
+from hdp.plan.types import Plan
+from hdp.runtime.config import TrainConfig
+from hdp.runtime.model import build_model
+from hdp.runtime.train_step import StepResult, build_optimizer, find_offload, train_step
+
+EXIT_USER_ERROR = 2
+EXIT_PEER_FAILURE = 3
+
+
+@dataclass(frozen=True)
+class Run:
+    """The rank-independent parts of a run: data stream and cost model."""
+
+    config: TrainConfig
+    stream: BatchStream
+    cost: CostModel
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "Run":
+        cfg = get_model(config.model)
+        if cfg.vocab_size < VOCAB_SIZE:
+            raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
+        stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
+        return cls(config, stream, build_cost_model(config.model))
+
+    def plan(self, step: int, num_ranks: int) -> Plan:
+        """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
+        c = self.config
+        return make_plan(self.stream.batch(step).lengths, num_ranks, c.capacity, self.cost, strategy=c.strategy,
+                         offload=c.offload, max_len=c.max_seq_len, seed=c.seed)
+
+    def check_feasible(self, num_ranks: int) -> None:
+        """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
+        c = self.config
+        longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
+        try:
+            make_plan([longest], num_ranks, c.capacity, self.cost, strategy=c.strategy, offload=c.offload,
+                      max_len=c.max_seq_len, seed=c.seed)
+        except ValueError as e:  # the planner speaks of --ranks; here the ranks are processes
+            raise ValueError(f"{e} (documents are cut at --max-seq-len {c.max_seq_len:,})".replace("--ranks", "--nproc")) from None
+
+
+def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float) -> dict[str, Any]:
+    counts = [len(rp.micro_batches) for rp in plan.ranks]
+    return {
+        "step": step,
+        "loss": result.loss,
+        "grad_norm": result.grad_norm,
+        "tokens": result.tokens,
+        "step_time_s": step_time_s,
+        "tokens_per_s": result.tokens / step_time_s if step_time_s > 0 else 0.0,
+        "strategy": plan.strategy,
+        "rings": len(plan.rings),
+        "max_ring": plan.max_ring,
+        "micro_batches_min": min(counts),
+        "micro_batches_max": max(counts),
+    }
+
+
+def pick_device(local_rank: int, use_accelerator: bool) -> torch.device:
+    """The local accelerator under torchrun when there is one, else CPU (gloo). No device literals."""
+    if use_accelerator and torch.accelerator.is_available():
+        acc = torch.accelerator.current_accelerator()
+        assert acc is not None
+        torch.accelerator.set_device_index(local_rank)
+        return torch.device(acc.type, local_rank)
+    return torch.device("cpu")
+
+
+def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
+    """Create the default process group once (env:// rendezvous: MASTER_ADDR/MASTER_PORT)."""
+    backend = dist.get_default_backend_for_device(device)
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s),
+                            device_id=device if device.type != "cpu" else None)
+
+
+def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *, use_accelerator: bool) -> int:
+    """Train on this rank; returns the process exit code (0 on success)."""
+    try:
+        return _train(config, rank, world_size, local_rank, use_accelerator)
+    except ValueError as e:
+        print(f"hdp train: error: rank {rank}: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except RuntimeError as e:
+        if not is_peer_failure(e):
+            raise  # our own bug: keep the traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
+              f"{config.timeout_s:g} s ({type(e).__name__}: {first[:300]})", file=sys.stderr, flush=True)
+        return EXIT_PEER_FAILURE
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - a broken group cannot always be torn down; exiting is enough
+                pass
+
+
+PEER_FAILURE_HINTS = ("timed out", "timeout", "connection", "closed", "reset by peer", "gloo", "nccl", "socket")
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """A collective or ring message that failed because a peer died, hung or left (not a bug of ours)."""
+    from hdp.runtime.ring_comm import RingCommError
+
+    if isinstance(e, (dist.DistError, RingCommError)):
+        return True
+    text = str(e).lower()
+    return any(h in text for h in PEER_FAILURE_HINTS)
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool) -> int:
+    run = Run.from_config(config)
+    run.check_feasible(world_size)
+    device = pick_device(local_rank, use_accelerator)
+    init_group(rank, world_size, device, config.timeout_s)
+    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay)
+    offload = find_offload() if config.offload else None
+    reporter = Reporter(config, enabled=rank == 0)
+    try:
+        for step in range(config.steps):
+            start = time.perf_counter()
+            plan = run.plan(step, world_size)
+            result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
+                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
+            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start))
+    finally:
+        reporter.close()
+    reporter.summary()
+    return 0
+
+
+class Reporter:
+    """Rank 0's progress bar, metrics file and summary."""
+
+    def __init__(self, config: TrainConfig, enabled: bool) -> None:
+        self.config, self.enabled = config, enabled
+        self.records: list[dict[str, Any]] = []
+        self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
+        self._progress = None
+        if enabled and config.progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.description}"), TimeElapsedColumn())
+            self._task = self._progress.add_task("", total=config.steps)
+            self._progress.start()
+
+    def step(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1,
+                                  description=f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._file:
+            self._file.close()
+            self._file = None
+
+    def summary(self) -> None:
+        if not self.enabled or not self.config.progress or not self.records:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        recs = self.records
+        timed = recs[1:] or recs  # the first step pays for warm-up
+        tps = sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed)
+        t = Table(title=f"hdp train · {self.config.model} · {recs[0]['strategy']}", show_header=False)
+        t.add_row("steps", str(len(recs)))
+        t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
+        t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
+        t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")
+        t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
+        t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
+                                            f"{max(r['micro_batches_max'] for r in recs)}")
+        if self.config.metrics:
+            t.add_row("metrics", self.config.metrics)
+        Console().print(t)
+
+
+def env_rank() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) under torchrun, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return None

@@ -1,0 +1,79 @@
+"""Hand-built plans and an independent dense reference for the attention tests.
+
+Plans are built directly (not by the planner) so each case pins down exactly what it exercises:
+ring sizes, rank orders, pieces of unequal or zero length, several rings in one micro-batch, and
+whole documents beside ring pieces.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+
+from hdp.plan.sharding import member_segments
+from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
+
+HQ, HKV, DIM = 4, 2, 8  # GQA: two query heads per kv head
+
+
+def build_plan(num_ranks: int, lengths: list[int], rounds: list[list[tuple]]) -> Plan:
+    """``rounds[r]`` lists what runs in round r: ``("doc", seq, rank)`` or ``("ring", seq, (ranks...))``.
+
+    Every rank with something in a round gets one micro-batch for it: its whole docs first, then its
+    ring pieces in ring-id order (ring ids are numbered in order of appearance).
+    """
+    rings: list[Ring] = []
+    per_rank: list[list[MicroBatch]] = [[] for _ in range(num_ranks)]
+    for entries in rounds:
+        segs: dict[int, list[Segment]] = {}
+        mb_rings: dict[int, list[int]] = {}
+        for kind, seq, where in entries:
+            if kind == "doc":
+                segs.setdefault(where, []).append(Segment(seq, 0, lengths[seq]))
+                mb_rings.setdefault(where, [])
+        for kind, seq, where in entries:
+            if kind == "ring":
+                ring = Ring(len(rings), seq, tuple(where))
+                rings.append(ring)
+                for pos, rank in enumerate(where):
+                    segs.setdefault(rank, []).extend(member_segments(seq, lengths[seq], ring.size, pos))
+                    mb_rings.setdefault(rank, []).append(ring.id)
+        for rank in sorted(mb_rings):
+            per_rank[rank].append(MicroBatch(tuple(segs.get(rank, ())), tuple(mb_rings[rank]), 0.0, 1 << 20))
+    return Plan(
+        strategy="test", num_ranks=num_ranks, capacity_tokens=1 << 20,
+        sequences=tuple(Sequence(i, n) for i, n in enumerate(lengths)), rings=tuple(rings),
+        ranks=tuple(RankPlan(r, tuple(m)) for r, m in enumerate(per_rank)),
+    )
+
+
+def seq_tensors(seq: int, length: int, dtype=torch.float64) -> tuple[torch.Tensor, ...]:
+    """Deterministic q [L,HQ,D], k, v [L,HKV,D] and dout [L,HQ,D] for one sequence, equal on every rank."""
+    g = torch.Generator().manual_seed(1000 + seq)
+    q = torch.randn(length, HQ, DIM, generator=g, dtype=torch.float64)
+    k = torch.randn(length, HKV, DIM, generator=g, dtype=torch.float64)
+    v = torch.randn(length, HKV, DIM, generator=g, dtype=torch.float64)
+    dout = torch.randn(length, HQ, DIM, generator=g, dtype=torch.float64)
+    return tuple(t.to(dtype) for t in (q, k, v, dout))
+
+
+def dense_reference(q, k, v, seq_ids, positions):
+    """Attention with an explicit [T, T] mask: same sequence and key position <= query position.
+
+    Independent of hdp's kernels (no blocks, no merges, no per-document loop); differentiable.
+    Returns (out [T, Hq, D], lse [Hq, T]).
+    """
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = torch.einsum("qhd,khd->hqk", q, k) * q.shape[-1] ** -0.5
+    allowed = (seq_ids[:, None] == seq_ids[None, :]) & (positions[:, None] >= positions[None, :])
+    s = s.masked_fill(~allowed[None], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v), lse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
