@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help=f"seconds a rank waits for a peer before failing (default {d.timeout_s:g})")
     p.add_argument("--offload", action="store_true", help="plan with selective activation offloading")
+    p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
+                   help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
 
 
@@ -38,7 +40,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model, dtype=args.dtype, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
         capacity=args.capacity, max_seq_len=args.max_seq_len, strategy=args.strategy, seed=args.seed, lr=args.lr,
-        timeout_s=args.timeout, offload=args.offload, data=args.data, metrics=args.metrics,
+        timeout_s=args.timeout, offload=args.offload, offload_ratio=args.offload_ratio, data=args.data, metrics=args.metrics,
         progress=not args.no_progress,
     )
 

@@ -34,6 +34,8 @@ class TrainConfig:
     """Seconds a rank waits for a peer (process-group collectives and ring messages)."""
     offload: bool = False
     """Plan with selective activation offloading (make_plan(offload=True))."""
+    offload_ratio: float | None = None
+    """Offload this ratio of layers in every micro-batch, whatever the plan says (tests, benchmarks)."""
     data: str | None = None
     """Corpus directory or file; None: the Python standard library's source."""
     metrics: str | None = None
@@ -53,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout_s}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:
+            raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -385,3 +385,40 @@ def no_offload(i: int) -> ContextManager[None]:
 
 
 LayerContext = Callable[[int], ContextManager[None]]
+
+
+class OffloadSession:
+    """One rank's offloading across micro-batches and steps: one host pool, reused by all of them.
+
+    ``scope(ratio, num_tokens)`` wraps one micro-batch's forward *and* backward and yields the
+    ``layer_context`` for the model (``None`` when nothing is offloaded). ``force_ratio`` overrides the
+    planner's per-micro-batch ratio (tests and benchmarks: it exercises the copy path on every
+    micro-batch, including on CPU where the planner would rarely offload a tiny model).
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], device: torch.device, num_layers: int, *,
+                 act_bytes_per_token_layer: float | None = None, force_ratio: float | None = None,
+                 min_bytes: int = DEFAULT_MIN_BYTES) -> None:
+        if force_ratio is not None:
+            check_ratio(force_ratio)
+        self.params = list(params)
+        self.device = device
+        self.num_layers = num_layers
+        self.act_bytes_per_token_layer = act_bytes_per_token_layer
+        self.force_ratio = force_ratio
+        self.min_bytes = 0 if force_ratio is not None else min_bytes  # forced: copy everything we may
+        self.pool = HostBufferPool(pin_memory=device.type == "cuda")
+        self.offloaded_bytes = 0
+        """Bytes this rank copied to the host so far (all micro-batches, all steps)."""
+
+    @contextlib.contextmanager
+    def scope(self, offload_ratio: float, num_tokens: int) -> Iterator[LayerContext | None]:
+        ratio = self.force_ratio if self.force_ratio is not None else offload_ratio
+        if num_offloaded_layers(ratio, self.num_layers) == 0:
+            yield None
+            return
+        act = None if self.act_bytes_per_token_layer is None else self.act_bytes_per_token_layer * num_tokens
+        with ActivationOffloader(ratio, self.num_layers, self.device, pool=self.pool, params=self.params,
+                                 min_bytes=self.min_bytes, act_bytes_per_layer=act) as off:
+            yield off.layer_context
+        self.offloaded_bytes += off.stats.offloaded_bytes

@@ -9,10 +9,9 @@ and ranks with no work at all.
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -22,10 +21,9 @@ from hdp.data.batches import GlobalBatch
 from hdp.plan.types import Plan
 from hdp.runtime.grad_sync import clip_gradients, sync_gradients
 from hdp.runtime.materialise import IGNORE, check_batch_matches_plan, materialise, num_labelled_tokens
-from hdp.runtime.model import Decoder, LayerContext
+from hdp.runtime.model import Decoder
+from hdp.runtime.offload import OffloadSession
 from hdp.runtime.plan_check import check_same_plan, check_world_size
-
-OffloadFactory = Callable[[float, int, torch.device], LayerContext | None]
 
 
 @dataclass(frozen=True)
@@ -40,23 +38,8 @@ class StepResult:
     local_micro_batches: int
 
 
-def find_offload() -> OffloadFactory | None:
-    """The activation-offload hook, if installed: ``hdp.runtime.offload.layer_context(ratio, num_layers, device)``.
-
-    Without it, micro-batches with ``offload_ratio > 0`` run with activations resident: the same math,
-    only more memory.
-    """
-    try:
-        module = importlib.import_module("hdp.runtime.offload")
-    except ModuleNotFoundError as e:
-        if e.name == "hdp.runtime.offload":
-            return None
-        raise
-    return getattr(module, "layer_context", None)
-
-
 def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
-                     timeout_s: float | None, offload: OffloadFactory | None = None) -> tuple[torch.Tensor, int, int]:
+                     timeout_s: float | None, offload: OffloadSession | None = None) -> tuple[torch.Tensor, int, int]:
     """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches)."""
     denom = num_labelled_tokens(plan)
     if denom == 0:
@@ -64,18 +47,19 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
     loss_share = torch.zeros((), dtype=torch.float64, device=device)
     inputs = materialise(plan, batch, rank, device)
     for mb in inputs:
-        ctx = offload(mb.offload_ratio, model.cfg.num_layers, device) if offload and mb.offload_ratio > 0 else None
-        logits = model(mb.tokens, mb.positions, mb.layout, layer_context=ctx, timeout_s=timeout_s)   # [T, V]
-        loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
-                               ignore_index=IGNORE, reduction="sum") / denom
-        loss.backward()
+        scope = offload.scope(mb.offload_ratio, mb.num_tokens) if offload else contextlib.nullcontext()
+        with scope as layer_context:  # the offloaded activations must come back inside the same scope
+            logits = model(mb.tokens, mb.positions, mb.layout, layer_context=layer_context, timeout_s=timeout_s)  # [T, V]
+            loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
+                                   ignore_index=IGNORE, reduction="sum") / denom
+            loss.backward()
         loss_share += loss.detach()  # stays on the device; read once, after the all-reduce
     return loss_share, sum(mb.num_tokens for mb in inputs), len(inputs)
 
 
 def train_step(model: Decoder, optimizer: torch.optim.Optimizer, plan: Plan, batch: GlobalBatch, *,
                rank: int, group: dist.ProcessGroup | None, device: torch.device, timeout_s: float | None,
-               max_grad_norm: float = 1.0, offload: OffloadFactory | None = None) -> StepResult:
+               max_grad_norm: float = 1.0, offload: OffloadSession | None = None) -> StepResult:
     """One step on this rank. Every rank of ``group`` must call it with the same plan and batch."""
     world_size = dist.get_world_size(group) if dist.is_initialized() else 1
     check_world_size(plan, world_size)

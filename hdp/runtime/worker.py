@@ -25,7 +25,8 @@ from hdp.plan.cost import CostModel
 from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.model import build_model
-from hdp.runtime.train_step import StepResult, build_optimizer, find_offload, train_step
+from hdp.runtime.offload import OffloadSession
+from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
 EXIT_PEER_FAILURE = 3
@@ -64,7 +65,8 @@ class Run:
             raise ValueError(f"{e} (documents are cut at --max-seq-len {c.max_seq_len:,})".replace("--ranks", "--nproc")) from None
 
 
-def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float) -> dict[str, Any]:
+def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float,
+                   offloaded_bytes: int = 0) -> dict[str, Any]:
     counts = [len(rp.micro_batches) for rp in plan.ranks]
     return {
         "step": step,
@@ -78,6 +80,7 @@ def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float
         "max_ring": plan.max_ring,
         "micro_batches_min": min(counts),
         "micro_batches_max": max(counts),
+        "offloaded_bytes": offloaded_bytes,
     }
 
 
@@ -141,7 +144,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     init_group(rank, world_size, device, config.timeout_s)
     model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
-    offload = find_offload() if config.offload else None
+    offload = None
+    if config.offload or config.offload_ratio is not None:
+        offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
+                                 act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
     reporter = Reporter(config, enabled=rank == 0)
     try:
         for step in range(config.steps):
@@ -149,7 +155,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             plan = run.plan(step, world_size)
             result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
                                 timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
-            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start))
+            copied = offload.offloaded_bytes if offload else 0
+            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied))
     finally:
         reporter.close()
     reporter.summary()
