@@ -107,19 +107,19 @@ def _cached_time(plan: Plan, mb: MicroBatch, cost: CostModel, cache: dict[tuple,
 def estimate(plan: Plan, cost: CostModel) -> tuple[float, float]:
     """(predicted step time, lower bound) under the cost model.
 
-    With P pipeline stages a micro-batch of time t occupies each stage t/P, and a 1F1B pipeline
-    adds a bubble of (P-1)/P times its largest micro-batch.
+    The cost model holds the layers of one pipeline stage, so a micro-batch's time t is its time
+    on every stage; a 1F1B pipeline of P stages adds a bubble of (P-1) times its largest t.
     """
     p = plan.pipeline_stages
     cache: dict[tuple, float] = {}
     times = [[_cached_time(plan, mb, cost, cache) for mb in rp.micro_batches] for rp in plan.ranks]
     index = [{id(mb): i for i, mb in enumerate(rp.micro_batches)} for rp in plan.ranks]
-    rep = replay(plan, lambda r, mb: times[r][index[r][id(mb)]] / p)
-    bubble = [(p - 1) / p * max(t, default=0.0) for t in times]
+    rep = replay(plan, lambda r, mb: times[r][index[r][id(mb)]])
+    bubble = [(p - 1) * max(t, default=0.0) for t in times]
     predicted = max((f + b for f, b in zip(rep.finish, bubble)), default=0.0)
     # The bound is the plan-independent one: every sequence on its fewest ranks, ceil(L / C).
     items = []
     for s in plan.sequences:
         k = -(-s.length // plan.capacity_tokens)
-        items.append((cost.seq_time(s.length, k) / p, k))
+        items.append((cost.seq_time(s.length, k), k))
     return predicted, bound_from_items(items, plan.num_ranks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_cases import DIM, HKV, HQ, build_plan, dense_reference, seq_tensors
+from tests.runtime.attention_cases import DIM, HKV, HQ, build_plan, dense_reference, seq_tensors
 
 from hdp.plan import build_cost_model, make_plan
 from hdp.plan.sharding import zigzag_piece

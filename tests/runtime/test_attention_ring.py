@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from attention_cases import build_plan, dense_reference, free_port, seq_tensors
+from tests.runtime.attention_cases import build_plan, dense_reference, free_port, seq_tensors
 
 import hdp.runtime.pair_kernels as pair_kernels
 from hdp.plan import build_cost_model, make_plan
