@@ -112,9 +112,13 @@ class CostModel:
         return params * (2 + 2) + params * 12 / max(num_ranks, 1)
 
     def derived_capacity(self, num_ranks: int, usable_fraction: float = 0.9) -> int:
-        """Per-rank token capacity C from device memory, model states and Act(s) of every layer."""
+        """Per-rank token capacity C from device memory, model states and Act(s) of every layer.
+
+        With pp stages, 1F1B keeps up to pp micro-batches in flight on the first stage, so its
+        layers hold pp micro-batches' activations at once.
+        """
         budget = usable_fraction * self.device.mem_total_gib * 2**30 - self.model_state_bytes(num_ranks)
-        capacity = int(budget // (self.layers * self.act_bytes_per_token_layer))
+        capacity = int(budget // (self.pp * self.layers * self.act_bytes_per_token_layer))
         if capacity < 1:
             raise ValueError(
                 f"{self.model.name} does not fit one {self.device.name} with tp={self.tp} pp={self.pp}: "
