@@ -30,6 +30,9 @@ class DeviceProfile:
     mem_total_gib: float
     layer_overhead_s: float = 20e-6
     """Fixed cost of one layer's kernels for one micro-batch (launches, norms); an estimate."""
+    host_mem_gib: float = 192.0
+    """Host memory one device may fill with offloaded activations (a DGX H100 node has 2 TB for 8
+    GPUs; this leaves room for the data loader, pinned staging and the OS)."""
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -58,6 +61,7 @@ class DeviceProfile:
             "h2d_GBps": self.h2d_gbps,
             "mem_total_GiB": self.mem_total_gib,
             "layer_overhead_s": self.layer_overhead_s,
+            "host_mem_GiB": self.host_mem_gib,
         }
 
     @classmethod
@@ -75,6 +79,7 @@ class DeviceProfile:
                 h2d_gbps=float(d["h2d_GBps"]),
                 mem_total_gib=float(d["mem_total_GiB"]),
                 layer_overhead_s=float(d.get("layer_overhead_s", 20e-6)),
+                host_mem_gib=float(d.get("host_mem_GiB", 192.0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"device profile {name!r} is malformed ({e}); see hdp.plan.device") from None
@@ -126,6 +131,7 @@ def _from_calibration(d: dict[str, Any], name: str) -> DeviceProfile:
         d2h_gbps=float(d["d2h_GBps"]),
         h2d_gbps=float(d["h2d_GBps"]),
         mem_total_gib=float(d["mem_total_GiB"]),
+        host_mem_gib=float(d.get("host_mem_GiB", 192.0)),
     )
 
 

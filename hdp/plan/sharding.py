@@ -84,13 +84,17 @@ def place(length: int, capacity: int, cost: CostModel | None = None, offload: bo
     """The fewest ranks for a sequence; with ``offload``, the smallest whole-layer ratio that achieves them.
 
     The ratio is limited by the copies hiding under the forward compute (CostModel.max_offload_ratio)
-    and quantised to whole layers: r = j / (l - 2).
+    and by the host memory of one device (DeviceProfile.host_mem_gib), and quantised to whole
+    layers: r = j / (l - 2).
     """
     base = ranks_needed(length, capacity)
     if not offload or length <= capacity or cost is None or cost.layers <= 2:
         return Placement(base, 0.0, capacity)
     middle = cost.layers - 2
     j_max = math.floor(cost.max_offload_ratio(length) * middle + 1e-9)
+    host = cost.device.host_mem_gib * 2**30
+    while j_max > 0 and j_max * cost.act_bytes(min(length, offload_token_limit(capacity, cost.layers, j_max / middle))) > host:
+        j_max -= 1  # the host must hold j offloaded layers of the tokens one rank then takes
     if j_max == 0:
         return Placement(base, 0.0, capacity)
     best = ranks_needed(length, offload_token_limit(capacity, cost.layers, j_max / middle))

@@ -108,3 +108,19 @@ def test_zigzag_overflow_takes_one_more_rank():
     plan = make_plan([11], 5, 3, COST)
     check_plan(plan)
     assert plan.rings[0].size == 5
+
+
+def test_offload_respects_copy_hiding_and_host_memory():
+    import dataclasses
+
+    from hdp.plan.cost import CostModel
+    from hdp.plan.sharding import place
+
+    cost = COST_7B
+    p = place(2**21, 8192, cost, offload=True)
+    assert p.ranks < ranks_needed(2**21, 8192) and 0 < p.offload_ratio <= cost.max_offload_ratio(2**21)
+    assert p.offload_ratio * (cost.layers - 2) * cost.act_bytes(p.token_limit) <= cost.device.host_mem_gib * 2**30
+    small_host = CostModel(cost.model, dataclasses.replace(cost.device, host_mem_gib=1.0))
+    q = place(2**21, 8192, small_host, offload=True)
+    assert q.offload_ratio * (cost.layers - 2) * cost.act_bytes(q.token_limit) <= 2**30
+    assert q.ranks > p.ranks
