@@ -124,3 +124,11 @@ def test_offload_respects_copy_hiding_and_host_memory():
     q = place(2**21, 8192, small_host, offload=True)
     assert q.offload_ratio * (cost.layers - 2) * cost.act_bytes(q.token_limit) <= 2**30
     assert q.ranks > p.ranks
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_many_tiny_and_one_huge(strategy):
+    lengths = [1, 2, 3] * 700 + [8192 * 60 + 5, 8192, 8193, 1]
+    plan = make_plan(lengths, 64, 8192, COST_7B, strategy=strategy, max_len=8192 * 64)
+    check_plan(plan)
+    assert sum(mb.num_tokens for rp in plan.ranks for mb in rp.micro_batches) == sum(lengths)
