@@ -8,7 +8,7 @@ from hdp.plan.balance import Balance, plan_balanced, plan_naive
 from hdp.plan.baselines import plan_pow2, plan_static
 from hdp.plan.cost import CostModel
 from hdp.plan.draft import Draft
-from hdp.plan.sharding import Placement, PlanError, offload_token_limit, place, ranks_needed
+from hdp.plan.sharding import Placement, PlanError, place, ranks_needed
 from hdp.plan.work import bound_from_items
 from hdp.plan.types import Plan
 from hdp.plan.weights import BalanceBy, weights_for
@@ -72,9 +72,8 @@ def make_plan(
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than --max-len {max_len:,}: raise --max-len")
     use_offload = offload and strategy in ("hdp", "hdp-naive")
-    placements = [place(n, capacity, cost, use_offload) for n in lengths]
-    if use_offload and offload_cap:
-        placements = cap_offload(lengths, placements, num_ranks, capacity, cost)
+    cap = no_offload_bound(lengths, num_ranks, capacity, cost) if use_offload and offload_cap else None
+    placements = [place(n, capacity, cost, use_offload, time_cap=cap) for n in lengths]
     for i, p in enumerate(placements):
         if p.ranks > num_ranks:
             hint = "" if use_offload else ", or enable offloading (--offload)"
@@ -102,28 +101,14 @@ def make_plan(
     return draft.finish(name, cost, stages=stages, extra=extra)
 
 
-def cap_offload(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int,
-                cost: CostModel) -> list[Placement]:
-    """Fewest ranks whose per-rank time stays within the no-offload bound, least offloading for them."""
+def no_offload_bound(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel) -> float:
+    """The batch's lower bound with every sequence on its fewest ranks without offloading: offloading
+    that pushes a sequence's per-rank time past it lengthens the step instead of freeing ranks."""
     items = []
     for n in lengths:
         k = ranks_needed(n, capacity)
         items.append((cost.seq_time(n, k), k))
-    bound = bound_from_items(items, num_ranks)
-    out = []
-    for n, p in zip(lengths, placements):
-        if p.offload_ratio == 0 or cost.seq_time(n, p.ranks) <= bound:
-            out.append(p)
-            continue
-        middle = cost.layers - 2
-        best = place(n, capacity)  # no offloading: always within the bound's own items
-        for j in range(1, round(p.offload_ratio * middle) + 1):
-            limit = offload_token_limit(capacity, cost.layers, j / middle)
-            k = ranks_needed(n, limit)
-            if k < best.ranks and cost.seq_time(n, k) <= bound:
-                best = Placement(k, j / middle, limit)
-        out.append(best)
-    return out
+    return bound_from_items(items, num_ranks)
 
 
 def widen_rings(lengths: list[int], placements: list[Placement], num_ranks: int, cost: CostModel) -> list[Placement]:

@@ -80,28 +80,26 @@ def ranks_needed(length: int, token_limit: int) -> int:
     return k
 
 
-def place(length: int, capacity: int, cost: CostModel | None = None, offload: bool = False) -> Placement:
+def place(length: int, capacity: int, cost: CostModel | None = None, offload: bool = False,
+          time_cap: float | None = None) -> Placement:
     """The fewest ranks for a sequence; with ``offload``, the smallest whole-layer ratio that achieves them.
 
     The ratio is limited by the copies hiding under the forward compute (CostModel.max_offload_ratio)
     and by the host memory of one device (DeviceProfile.host_mem_gib), and quantised to whole
-    layers: r = j / (l - 2).
+    layers: r = j / (l - 2). With ``time_cap``, fewer ranks are taken only while the sequence's
+    per-rank time stays within it (fewer ranks mean more time per rank).
     """
-    base = ranks_needed(length, capacity)
+    best = Placement(ranks_needed(length, capacity), 0.0, capacity)
     if not offload or length <= capacity or cost is None or cost.layers <= 2:
-        return Placement(base, 0.0, capacity)
+        return best
     middle = cost.layers - 2
     j_max = math.floor(cost.max_offload_ratio(length) * middle + 1e-9)
     host = cost.device.host_mem_gib * 2**30
     while j_max > 0 and j_max * cost.act_bytes(min(length, offload_token_limit(capacity, cost.layers, j_max / middle))) > host:
         j_max -= 1  # the host must hold j offloaded layers of the tokens one rank then takes
-    if j_max == 0:
-        return Placement(base, 0.0, capacity)
-    best = ranks_needed(length, offload_token_limit(capacity, cost.layers, j_max / middle))
-    if best >= base:
-        return Placement(base, 0.0, capacity)
-    for j in range(1, j_max + 1):  # the least offloading that still reaches the fewest ranks
+    for j in range(1, j_max + 1):  # the least offloading for each smaller rank count
         limit = offload_token_limit(capacity, cost.layers, j / middle)
-        if ranks_needed(length, limit) == best:
-            return Placement(best, j / middle, limit)
-    raise AssertionError("unreachable: j_max reaches best")
+        k = ranks_needed(length, limit)
+        if k < best.ranks and (time_cap is None or cost.seq_time(length, k) <= time_cap):
+            best = Placement(k, j / middle, limit)
+    return best
