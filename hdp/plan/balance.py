@@ -67,7 +67,7 @@ def plan_balanced(draft: Draft, placements: list[Placement], weights: Weights, b
         start = max(load[r] for r in members)
         g = draft.new_ring(seq, members)
         for r in members:
-            draft.ranks[r].append(DraftMicroBatch(rings=[g], offload_ratio=pl.offload_ratio, token_limit=pl.token_limit))
+            draft.ranks[r].append(draft.ring_micro_batch([g], pl.offload_ratio, pl.token_limit))
             load[r] = start + t / stages
             peak[r] = max(peak[r], t)
             push(r)
@@ -86,33 +86,39 @@ def _lay_out_jobs(draft: Draft, placements: list[Placement], per_rank: list[list
     lengths, cap = draft.lengths, draft.capacity
     for r, jobs in enumerate(per_rank):
         out: list[DraftMicroBatch] = []
-        run: list[int] = []
-        for job in jobs + [None]:  # type: ignore[list-item]
-            if job is not None and job.ranks == 1 and lengths[job.seq] <= cap:
+        run: list[int] = []  # short whole sequences since the last ring or offloaded sequence
+        for job in jobs:
+            if job.ranks == 1 and lengths[job.seq] <= cap:
                 run.append(job.seq)
                 continue
-            is_last = job is None
-            if is_last and run and out and out[-1].rings and out[-1].offload_ratio == 0.0:
-                g = out[-1].rings[0]
-                spare = cap - max_member_tokens(lengths[draft.ring_seq[g]], len(draft.ring_ranks[g]))
-                keep = []
-                for seq in sorted(run, key=lambda i: (-lengths[i], i)):
-                    if lengths[seq] <= spare:
-                        out[-1].whole.append(seq)
-                        spare -= lengths[seq]
-                    else:
-                        keep.append(seq)
-                run = keep
             out.extend(draft.seq_micro_batch(mb) for mb in pack_best_fit(run, lengths, cap))
             run = []
-            if job is None:
-                break
             p = placements[job.seq]
             if job.ranks > 1:
-                out.append(DraftMicroBatch(rings=[ring_id[job.seq]], offload_ratio=p.offload_ratio, token_limit=p.token_limit))
+                out.append(draft.ring_micro_batch([ring_id[job.seq]], p.offload_ratio, p.token_limit))
             else:
                 out.append(draft.seq_micro_batch([job.seq], p.offload_ratio, p.token_limit))
+        if run and out and out[-1].rings and out[-1].offload_ratio == 0.0:
+            run = _fill_spare(draft, out[-1], run)
+        out.extend(draft.seq_micro_batch(mb) for mb in pack_best_fit(run, lengths, cap))
         draft.ranks[r] = out
+
+
+def _fill_spare(draft: Draft, ring_mb: DraftMicroBatch, seqs: list[int]) -> list[int]:
+    """Put the longest of ``seqs`` that fit into a ring micro-batch's spare capacity; return the rest.
+
+    Only the rank's last ring may take them: nothing after it waits on this rank's time."""
+    lengths = draft.lengths
+    g = ring_mb.rings[0]
+    spare = draft.capacity - max_member_tokens(lengths[draft.ring_seq[g]], len(draft.ring_ranks[g]))
+    rest = []
+    for seq in sorted(seqs, key=lambda i: (-lengths[i], i)):
+        if lengths[seq] <= spare:
+            ring_mb.whole.append(seq)
+            spare -= lengths[seq]
+        else:
+            rest.append(seq)
+    return rest
 
 
 def _packed_units(draft: Draft, placements: list[Placement], weights: Weights) -> list[_Local]:
@@ -179,6 +185,6 @@ def plan_naive(draft: Draft, placements: list[Placement]) -> None:
             members = sorted({(cursor + j) % n for j in range(p.ranks)})
             g = draft.new_ring(i, members)
             for r in members:
-                draft.ranks[r].append(DraftMicroBatch(rings=[g], offload_ratio=p.offload_ratio, token_limit=p.token_limit))
+                draft.ranks[r].append(draft.ring_micro_batch([g], p.offload_ratio, p.token_limit))
         cursor += p.ranks
     flush()

@@ -16,7 +16,7 @@ import heapq
 
 from hdp.plan.balance import pack_best_fit
 from hdp.plan.cost import CostModel
-from hdp.plan.draft import Draft, DraftMicroBatch
+from hdp.plan.draft import Draft
 from hdp.plan.sharding import PlanError, max_member_tokens, member_shares, ranks_needed
 
 
@@ -67,7 +67,7 @@ def plan_static(draft: Draft, max_len: int) -> int:
                 continue
             rings = [draft.new_ring(s, members) for s in sorted(seqs)]
             for r in members:
-                draft.ranks[r].append(DraftMicroBatch(rings=list(rings), token_limit=cap))
+                draft.ranks[r].append(draft.ring_micro_batch(rings))
     return cp
 
 
@@ -103,7 +103,7 @@ def plan_pow2(draft: Draft, cost: CostModel) -> None:
         start = max(load[r] for r in members)
         g = draft.new_ring(i, members)
         for r in members:
-            draft.ranks[r].append(DraftMicroBatch(rings=[g], token_limit=cap))
+            draft.ranks[r].append(draft.ring_micro_batch([g]))
             load[r] = start + t
     heap = [(load[r], r) for r in range(n)]
     heapq.heapify(heap)

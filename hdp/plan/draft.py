@@ -47,6 +47,9 @@ class Draft:
     def seq_micro_batch(self, seqs: list[int], offload_ratio: float = 0.0, token_limit: int = 0) -> DraftMicroBatch:
         return DraftMicroBatch(whole=list(seqs), offload_ratio=offload_ratio, token_limit=token_limit or self.capacity)
 
+    def ring_micro_batch(self, rings: list[int], offload_ratio: float = 0.0, token_limit: int = 0) -> DraftMicroBatch:
+        return DraftMicroBatch(rings=list(rings), offload_ratio=offload_ratio, token_limit=token_limit or self.capacity)
+
     def finish(self, strategy: str, cost: CostModel, stages: int = 1, extra: dict | None = None) -> Plan:
         rings = tuple(Ring(i, s, tuple(m)) for i, (s, m) in enumerate(zip(self.ring_seq, self.ring_ranks)))
         position = [{r: i for i, r in enumerate(m)} for m in self.ring_ranks]
