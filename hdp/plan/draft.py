@@ -116,13 +116,17 @@ def estimate(plan: Plan, cost: CostModel) -> tuple[float, float]:
     p = plan.pipeline_stages
     cache: dict[tuple, float] = {}
     times = [[_cached_time(plan, mb, cost, cache) for mb in rp.micro_batches] for rp in plan.ranks]
-    index = [{id(mb): i for i, mb in enumerate(rp.micro_batches)} for rp in plan.ranks]
-    rep = replay(plan, lambda r, mb: times[r][index[r][id(mb)]])
+    rep = replay(plan, times)
     bubble = [(p - 1) * max(t, default=0.0) for t in times]
     predicted = max((f + b for f, b in zip(rep.finish, bubble)), default=0.0)
-    # The bound is the plan-independent one: every sequence on its fewest ranks, ceil(L / C).
+    return predicted, time_bound([s.length for s in plan.sequences], plan.num_ranks, plan.capacity_tokens, cost)
+
+
+def time_bound(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel) -> float:
+    """PLAN_FORMAT's plan-independent bound in cost-model seconds: every sequence on its fewest
+    ranks without offloading, ceil(L / C), compute only."""
     items = []
-    for s in plan.sequences:
-        k = -(-s.length // plan.capacity_tokens)
-        items.append((cost.seq_time(s.length, k), k))
-    return predicted, bound_from_items(items, plan.num_ranks)
+    for n in lengths:
+        k = -(-n // capacity)
+        items.append((cost.seq_time(n, k), k))
+    return bound_from_items(items, num_ranks)

@@ -7,9 +7,8 @@ from typing import Literal, Sequence
 from hdp.plan.balance import Balance, plan_balanced, plan_naive
 from hdp.plan.baselines import plan_pow2, plan_static
 from hdp.plan.cost import CostModel
-from hdp.plan.draft import Draft
-from hdp.plan.sharding import Placement, PlanError, place, ranks_needed
-from hdp.plan.work import bound_from_items
+from hdp.plan.draft import Draft, time_bound
+from hdp.plan.sharding import Placement, PlanError, place
 from hdp.plan.types import Plan
 from hdp.plan.weights import BalanceBy, weights_for
 
@@ -72,7 +71,8 @@ def make_plan(
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than --max-len {max_len:,}: raise --max-len")
     use_offload = offload and strategy in ("hdp", "hdp-naive")
-    cap = no_offload_bound(lengths, num_ranks, capacity, cost) if use_offload and offload_cap else None
+    # Offloading that pushes a sequence's per-rank time past the batch's bound lengthens the step.
+    cap = time_bound(lengths, num_ranks, capacity, cost) if use_offload and offload_cap else None
     placements = [place(n, capacity, cost, use_offload, time_cap=cap) for n in lengths]
     for i, p in enumerate(placements):
         if p.ranks > num_ranks:
@@ -99,16 +99,6 @@ def make_plan(
     stages = cost.pp if balance == "pp" else 1
     name = "hdp-wide" if widen and strategy == "hdp" else strategy
     return draft.finish(name, cost, stages=stages, extra=extra)
-
-
-def no_offload_bound(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel) -> float:
-    """The batch's lower bound with every sequence on its fewest ranks without offloading: offloading
-    that pushes a sequence's per-rank time past it lengthens the step instead of freeing ranks."""
-    items = []
-    for n in lengths:
-        k = ranks_needed(n, capacity)
-        items.append((cost.seq_time(n, k), k))
-    return bound_from_items(items, num_ranks)
 
 
 def widen_rings(lengths: list[int], placements: list[Placement], num_ranks: int, cost: CostModel) -> list[Placement]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Sequence
 
-from hdp.plan.types import MicroBatch, Plan
+from hdp.plan.types import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,8 @@ class DeadlockError(ValueError):
     """The micro-batch order cannot complete: some ring waits on a member that waits on it."""
 
 
-def replay(plan: Plan, duration: Callable[[int, MicroBatch], float]) -> Replay:
-    """Run every rank's list; ``duration(rank, mb)`` is how long a micro-batch takes there."""
+def replay(plan: Plan, durations: Sequence[Sequence[float]]) -> Replay:
+    """Run every rank's list; ``durations[rank][i]`` is how long its i-th micro-batch takes."""
     n = plan.num_ranks
     mbs = [rp.micro_batches for rp in plan.ranks]
     ring_size = [r.size for r in plan.rings]
@@ -64,7 +64,7 @@ def replay(plan: Plan, duration: Callable[[int, MicroBatch], float]) -> Replay:
                 start = max(ring_start[g] for g in mb.rings)
                 wait[r] += start - clock[r]
             starts[r].append(start)
-            clock[r] = start + duration(r, mb)
+            clock[r] = start + durations[r][ptr[r]]
             ptr[r] += 1
     stuck = [r for r in range(n) if ptr[r] < len(mbs[r])]
     if stuck:

@@ -27,7 +27,7 @@ def micro_batch_work(mb: MicroBatch, a: float) -> float:
 
 
 def makespan(plan: Plan, a: float) -> float:
-    return replay(plan, lambda _r, mb: micro_batch_work(mb, a)).makespan
+    return replay(plan, [[micro_batch_work(mb, a) for mb in rp.micro_batches] for rp in plan.ranks]).makespan
 
 
 def bound_from_items(items: Iterable[tuple[float, int]], num_ranks: int) -> float:

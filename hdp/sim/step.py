@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
 from hdp.plan.replay import replay
 from hdp.plan.types import Plan
-from hdp.plan.work import bound_from_items
+from hdp.plan.draft import time_bound
 from hdp.sim.cluster import Cluster
 from hdp.sim.microbatch import BF16, MicroBatchTime, MicroBatchTimer
 from hdp.sim.pipeline import one_f_one_b
@@ -75,22 +75,12 @@ def grad_sync_time(cost: CostModel, cluster: Cluster) -> float:
     return cluster.dp_all_reduce(cost.model.num_params / (cost.tp * cost.pp) * BF16)
 
 
-def lower_bound(plan: Plan, cost: CostModel) -> float:
-    """Compute-only bound (no communication, no idle): PLAN_FORMAT's bound in cost-model seconds."""
-    items = []
-    for s in plan.sequences:
-        k = -(-s.length // plan.capacity_tokens)
-        items.append((cost.seq_time(s.length, k), k))
-    return bound_from_items(items, plan.num_ranks)
-
-
 def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster) -> StepResult:
     if plan.num_ranks != cluster.num_ranks:
         raise ValueError(f"the plan has {plan.num_ranks} ranks but the cluster {cluster.num_ranks} HDP ranks")
     timer = MicroBatchTimer(plan, cost, cluster)
     times = [tuple(timer(mb) for mb in rp.micro_batches) for rp in plan.ranks]
-    index = [{id(mb): i for i, mb in enumerate(rp.micro_batches)} for rp in plan.ranks]
-    rep = replay(plan, lambda r, mb: times[r][index[r][id(mb)]].total_s)
+    rep = replay(plan, [[t.total_s for t in ts] for ts in times])
     p = cluster.pp
     pp_bubble = [0.0] * plan.num_ranks
     if p > 1:
@@ -114,7 +104,7 @@ def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster) -> StepResult:
         strategy=plan.strategy,
         step_time_s=end + sync,
         grad_sync_s=sync,
-        lower_bound_s=lower_bound(plan, cost) + sync,
+        lower_bound_s=time_bound([s.length for s in plan.sequences], plan.num_ranks, plan.capacity_tokens, cost) + sync,
         ranks=tuple(ranks),
         starts=rep.starts,
         times=tuple(times),
