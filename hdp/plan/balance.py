@@ -26,7 +26,8 @@ from typing import Literal
 
 from hdp.plan.draft import Draft, DraftMicroBatch
 from hdp.plan.backfill import Job, schedule
-from hdp.plan.sharding import Placement, max_member_tokens
+from hdp.plan.sharding import Placement
+from hdp.plan.zigzag import max_member_tokens
 from hdp.plan.weights import Weights
 
 Balance = Literal["dp", "pp"]

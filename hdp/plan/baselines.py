@@ -17,7 +17,8 @@ import heapq
 from hdp.plan.balance import pack_best_fit
 from hdp.plan.cost import CostModel
 from hdp.plan.draft import Draft
-from hdp.plan.sharding import PlanError, max_member_tokens, member_shares, ranks_needed
+from hdp.plan.sharding import PlanError
+from hdp.plan.zigzag import max_member_tokens, member_shares, ranks_needed
 
 
 def static_cp_size(num_ranks: int, capacity: int, max_len: int, lengths: list[int] = ()) -> int:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from hdp.plan.cost import CostModel
 from hdp.plan.replay import replay
-from hdp.plan.sharding import member_segments
+from hdp.plan.sharding import num_offload_layers
+from hdp.plan.zigzag import member_segments
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
 from hdp.plan.work import bound_from_items
 
@@ -62,7 +63,8 @@ class Draft:
                     seq = self.ring_seq[g]
                     segs.extend(member_segments(seq, self.lengths[seq], len(self.ring_ranks[g]), position[g][rank]))
                 segs.extend(Segment(s, 0, self.lengths[s]) for s in mb.whole)
-                out.append(MicroBatch(tuple(segs), tuple(mb.rings), mb.offload_ratio, mb.token_limit or self.capacity))
+                out.append(MicroBatch(tuple(segs), tuple(mb.rings), mb.offload_ratio, mb.token_limit or self.capacity,
+                                      num_offload_layers(mb.offload_ratio, cost.layers)))
             rank_plans.append(RankPlan(rank, tuple(out)))
         plan = Plan(
             strategy=strategy,

@@ -6,45 +6,11 @@ import math
 from dataclasses import dataclass
 
 from hdp.plan.cost import CostModel
-from hdp.plan.types import Segment
+from hdp.plan.zigzag import ranks_needed
 
 
 class PlanError(ValueError):
     """User input the planner cannot plan; the message says what to do."""
-
-
-def zigzag_piece(length: int, ring_size: int, j: int) -> tuple[int, int]:
-    """Piece j of 2k: ``[floor(j*L/2k), floor((j+1)*L/2k))``."""
-    n = 2 * ring_size
-    return (j * length) // n, ((j + 1) * length) // n
-
-
-def member_segments(seq: int, length: int, ring_size: int, position: int) -> tuple[Segment, ...]:
-    """The zig-zag pieces ``position`` and ``2k-1-position`` of a sequence; empty pieces are dropped.
-
-    Pairing an early piece with its mirror gives every member the same causal-attention work.
-    """
-    pieces = (zigzag_piece(length, ring_size, position), zigzag_piece(length, ring_size, 2 * ring_size - 1 - position))
-    return tuple(Segment(seq, a, b) for a, b in pieces if b > a)
-
-
-def member_tokens(length: int, ring_size: int, position: int) -> int:
-    return sum(s.num_tokens for s in member_segments(0, length, ring_size, position))
-
-
-def member_shares(length: int, ring_size: int) -> list[int]:
-    """Tokens each ring member holds (pieces i and 2k-1-i); within 2 tokens of L/k."""
-    if length % ring_size == 0:
-        return [length // ring_size] * ring_size  # pieces pair up to exactly L/k
-    n = 2 * ring_size
-    return [
-        (j + 1) * length // n - j * length // n + (n - j) * length // n - (n - 1 - j) * length // n
-        for j in range(ring_size)
-    ]
-
-
-def max_member_tokens(length: int, ring_size: int) -> int:
-    return max(member_shares(length, ring_size))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +33,24 @@ def offload_token_limit(capacity: int, layers: int, ratio: float) -> int:
     return int(capacity * layers / (2 + (1 - ratio) * (layers - 2)) + 1e-9)
 
 
-def ranks_needed(length: int, token_limit: int) -> int:
-    """The fewest ranks whose zig-zag pieces each fit ``token_limit``.
+def num_offload_layers(offload_ratio: float, num_layers: int) -> int:
+    """Whole layers of a ratio r = j / (l - 2): round(r * (l - 2))."""
+    return int(offload_ratio * max(num_layers - 2, 0) + 0.5)
 
-    This is ``ceil(L / limit)`` except when L lies within about 2k tokens below k * limit: the
-    floor-rounded pieces of PLAN_FORMAT rule 2 then give one member ceil(L/k) + 1 tokens, which
-    would break the capacity rule, so one more rank is used.
+
+def offloaded_layers(num_offloaded: int, num_layers: int) -> tuple[int, ...]:
+    """Which layers keep their saved activations on the host, for the memory formula above.
+
+    The first and last layers stay resident; the j offloaded middle layers are spread evenly,
+    1 + floor(t * (l - 2) / j) for t < j, so each is followed by resident layers under whose
+    forward its device->host copy hides (and under whose backward its prefetch hides).
     """
-    k = math.ceil(length / token_limit)
-    while k > 1 and max_member_tokens(length, k) > token_limit:
-        k += 1
-    return k
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    middle = max(num_layers - 2, 0)
+    if not 0 <= num_offloaded <= middle:
+        raise ValueError(f"offload_layers must be in [0, {middle}] for {num_layers} layers, got {num_offloaded}")
+    return tuple(1 + (t * middle) // num_offloaded for t in range(num_offloaded))
 
 
 def place(length: int, capacity: int, cost: CostModel | None = None, offload: bool = False,

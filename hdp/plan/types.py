@@ -68,10 +68,16 @@ class MicroBatch:
     rings: tuple[int, ...] = ()
     offload_ratio: float = 0.0
     token_limit: int = 0
+    offload_layers: int = 0
+    """How many layers keep their saved activations on the host (which ones:
+    ``hdp.plan.sharding.offloaded_layers``); the truth when > 0, ``offload_ratio`` its share of the
+    offloadable layers."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offload_ratio <= 1.0:
             raise ValueError(f"offload_ratio {self.offload_ratio} is outside [0, 1]")
+        if self.offload_layers < 0:
+            raise ValueError(f"offload_layers {self.offload_layers} is negative")
 
     @property
     def num_tokens(self) -> int:
@@ -130,6 +136,7 @@ class Plan:
                             "rings": list(mb.rings),
                             "offload_ratio": mb.offload_ratio,
                             "token_limit": mb.token_limit,
+                            **({"offload_layers": mb.offload_layers} if mb.offload_layers else {}),
                         }
                         for mb in rp.micro_batches
                     ],
@@ -168,6 +175,7 @@ class Plan:
                             rings=tuple(mb["rings"]),
                             offload_ratio=float(mb["offload_ratio"]),
                             token_limit=int(mb["token_limit"]),
+                            offload_layers=int(mb.get("offload_layers", 0)),
                         )
                         for mb in rp["micro_batches"]
                     ),

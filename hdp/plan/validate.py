@@ -7,7 +7,7 @@ raises with them. Used by the tests, by ``hdp plan --check`` and by the runtime 
 from __future__ import annotations
 
 from hdp.plan.replay import DeadlockError, replay
-from hdp.plan.sharding import member_segments, ranks_needed
+from hdp.plan.zigzag import member_segments, ranks_needed
 from hdp.plan.types import Plan
 
 

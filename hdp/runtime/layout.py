@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hdp.plan.sharding import zigzag_piece
+from hdp.plan.zigzag import member_pieces
 from hdp.plan.types import Plan, Segment
 
 
@@ -85,8 +85,7 @@ class RingSlot:
 
     def member_ranges(self, member: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Global token ranges of member ``member``'s two pieces (zig-zag, PLAN_FORMAT rule 2)."""
-        k = self.size
-        return zigzag_piece(self.seq_len, k, member), zigzag_piece(self.seq_len, k, 2 * k - 1 - member)
+        return member_pieces(self.seq_len, self.size, member)
 
     def member_tokens(self, member: int) -> int:
         return sum(b - a for a, b in self.member_ranges(member))
@@ -168,7 +167,7 @@ def build_layout(plan: Plan, rank: int, mb_index: int) -> AttentionLayout:
 def _ring_slot(plan: Plan, ring, rank: int, mb_index: int, held: list[tuple[Segment, Span]], end_row: int) -> RingSlot:
     k, pos = ring.size, ring.ranks.index(rank)
     length = plan.sequences[ring.seq].length
-    want = [zigzag_piece(length, k, pos), zigzag_piece(length, k, 2 * k - 1 - pos)]
+    want = list(member_pieces(length, k, pos))
     nonempty = [w for w in want if w[1] > w[0]]
     got = [(seg.start, seg.end) for seg, _ in held]
     if sorted(got) != sorted(nonempty):

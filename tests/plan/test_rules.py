@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hdp.plan import Plan, build_cost_model, make_plan
-from hdp.plan.sharding import max_member_tokens, ranks_needed
+from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.plan.validate import check_plan, violations
 
 COST = build_cost_model("tiny")

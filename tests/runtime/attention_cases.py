@@ -11,7 +11,7 @@ import socket
 
 import torch
 
-from hdp.plan.sharding import member_segments
+from hdp.plan.zigzag import member_segments
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
 
 HQ, HKV, DIM = 4, 2, 8  # GQA: two query heads per kv head

@@ -7,7 +7,7 @@ import torch
 from tests.runtime.attention_cases import DIM, HKV, HQ, build_plan, dense_reference, seq_tensors
 
 from hdp.plan import build_cost_model, make_plan
-from hdp.plan.sharding import zigzag_piece
+from hdp.plan.zigzag import zigzag_piece
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Segment
 from hdp.runtime import RingComm, RingCommError, build_layout, hdp_attention, token_index
 from hdp.runtime.blocks import any_visible, block_backward, block_forward, merge

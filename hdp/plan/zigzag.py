@@ -1,0 +1,53 @@
+"""The zig-zag rule (docs/plan-format.md rules 2 and 4), in one place.
+
+A sequence of length L split over a ring of k ranks is cut into 2k pieces,
+piece j = [floor(j*L/2k), floor((j+1)*L/2k)); the member at ring position i holds pieces i and 2k-1-i,
+pairing an early piece with its mirror so every member does the same causal-attention work.
+The planner, the validator, the runtime layout and ring attention all derive pieces from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hdp.plan.types import Segment
+
+
+def zigzag_piece(length: int, ring_size: int, j: int) -> tuple[int, int]:
+    """Piece j of 2k: ``[floor(j*L/2k), floor((j+1)*L/2k))``."""
+    n = 2 * ring_size
+    return (j * length) // n, ((j + 1) * length) // n
+
+
+def member_pieces(length: int, ring_size: int, position: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Token ranges of pieces ``position`` and ``2k-1-position`` (either may be empty)."""
+    return zigzag_piece(length, ring_size, position), zigzag_piece(length, ring_size, 2 * ring_size - 1 - position)
+
+
+def member_segments(seq: int, length: int, ring_size: int, position: int) -> tuple[Segment, ...]:
+    """The member's pieces as plan segments; a piece with no tokens has no segment (rule 2)."""
+    return tuple(Segment(seq, a, b) for a, b in member_pieces(length, ring_size, position) if b > a)
+
+
+def member_shares(length: int, ring_size: int) -> list[int]:
+    """Tokens each ring member holds; within 2 tokens of L/k."""
+    return [sum(b - a for a, b in member_pieces(length, ring_size, i)) for i in range(ring_size)]
+
+
+def max_member_tokens(length: int, ring_size: int) -> int:
+    """The largest member's tokens (at most ceil(L/k) + 1 with the floor cuts)."""
+    if length % ring_size == 0:
+        return length // ring_size  # pieces pair up to exactly L/k
+    return max(member_shares(length, ring_size))
+
+
+def ranks_needed(length: int, token_limit: int) -> int:
+    """Rule 4: the fewest ranks whose zig-zag members each hold at most ``token_limit`` tokens.
+
+    This is ``ceil(L / limit)`` except when L lies within about 2k tokens below k * limit: the
+    floor-rounded pieces then give one member ceil(L/k) + 1 tokens, so one more rank is used.
+    """
+    k = math.ceil(length / token_limit)
+    while k > 1 and max_member_tokens(length, k) > token_limit:
+        k += 1
+    return k
