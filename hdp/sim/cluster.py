@@ -74,12 +74,6 @@ class Cluster:
             return a == b
         return self.node(a) == self.node(b)
 
-    def link(self, a: int, b: int) -> tuple[float, float]:
-        """(bytes/s, latency s) between matching GPUs of HDP ranks a and b."""
-        if self.same_node(a, b):
-            return self.nvlink_gbps * 1e9, self.nvlink_latency_s
-        return self.inter_gbps * 1e9, self.inter_latency_s
-
     def ring_link(self, members: tuple[int, ...]) -> tuple[float, float]:
         """The slowest neighbour link of a ring: every block step waits for it."""
         first = self.node(members[0])

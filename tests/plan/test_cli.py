@@ -45,7 +45,12 @@ def test_plan_does_not_import_torch():
 
 
 @pytest.mark.parametrize("content,args,needle", [
-    ("3000000\n", ["--ranks", "256", "--capacity", "8192"], "sequence 0 has 3,000,000 tokens"),
+    ("30000000\n", ["--ranks", "256", "--capacity", "8192"], "sequence 0 has 30,000,000 tokens"),
+    ("3000000\n", ["--ranks", "256", "--capacity", "8192", "--strategy", "hdp-balance"], "raise --ranks or --capacity"),
+    ("1000000000000\n", ["--ranks", "1024", "--capacity", "8191"], "1,000,000,000,000 tokens"),
+    ("10\n", ["--ranks", "4", "--strategy", "static", "--offload"], "static does not offload"),
+    ("10\n", ["--ranks", "four"], "invalid int value: 'four' (see hdp plan --help)"),
+    ("10\n", ["--strategy", "magic"], "invalid choice: 'magic'"),
     ("10\n0\n", ["--ranks", "4", "--capacity", "8192"], "sequence 1 has length 0"),
     ("10\n-5\n", ["--ranks", "4", "--capacity", "8192"], "sequence 1 has length -5"),
     ("10\n2.5\n", ["--ranks", "4", "--capacity", "8192"], "not an integer"),
@@ -67,3 +72,42 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, content, args, needle)
 def test_unreadable_file():
     r = hdp("plan", "--lengths", "/nonexistent/lengths.txt")
     assert r.returncode == 2 and "cannot read lengths file" in r.stderr
+
+
+def test_plan_file_respects_the_umask(tmp_path):
+    out = tmp_path / "plan.json"
+    code = ("import os, sys; os.umask(0o022); from hdp.cli import main; "
+            f"sys.exit(main(['plan','--tokens','100000','--max-len','50000','--ranks','8','--out',{str(out)!r},'--json']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_version_and_help_show_the_strategy_table():
+    from hdp import __version__
+
+    r = hdp("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"hdp {__version__}"
+    r = hdp("plan", "--help")
+    assert r.returncode == 0
+    for line in ("strategies:", "hdp-balance  the balance scheduler without offloading", "static"):
+        assert line in r.stdout
+
+
+def test_old_flag_spellings_still_work(tmp_path):
+    new = hdp("plan", "--tokens", "200000", "--max-len", "65536", "--ranks", "8", "--pp", "2", "--profile",
+              "h100-sxm-80gb", "--json")
+    old = hdp("plan", "--tokens", "200000", "--max-seq-len", "65536", "--ranks", "8", "--stages", "2", "--balance",
+              "pp", "--cost-model", "h100-sxm-80gb", "--json")
+    assert new.returncode == old.returncode == 0, old.stderr
+    assert json.loads(new.stdout)["fingerprint"] == json.loads(old.stdout)["fingerprint"]
+
+
+@pytest.mark.parametrize("text,needle", [("[1, 2]", "list JSON, not an object"), ("{", "not valid JSON"),
+                                         ("{}", "malformed")])
+def test_bad_device_profile_is_one_line(tmp_path, text, needle):
+    prof = tmp_path / "dev.json"
+    prof.write_text(text)
+    r = hdp("plan", "--tokens", "100000", "--max-len", "50000", "--ranks", "8", "--profile", str(prof))
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
