@@ -1,6 +1,6 @@
 """Plan quality: makespan / lower bound for hdp, static and pow2 on synthetic long-tailed batches.
 
-Both measures are reported: PLAN_FORMAT's work measure (what outside validators compute) and the
+Both measures are reported: docs/plan-format.md's work measure (what outside validators compute) and the
 planner's own cost model (the predicted step time against its bound). Prints one JSON line per
 case and a table; ``--quick`` runs a smaller matrix.
 

@@ -10,7 +10,7 @@ one rank. Jobs are taken largest time first. The clock advances over the ranks' 
 * when no ring is left, whole sequences go largest-first to the rank free soonest (LPT).
 
 Every rank's jobs are in time order, and ring ids are given in start-time order, so ring ids increase
-along every rank's list (PLAN_FORMAT rule 5). Replaying the plan (a ring starts when its last member
+along every rank's list (docs/plan-format.md rule 5). Replaying the plan (a ring starts when its last member
 arrives) can only start rings earlier than scheduled, never later.
 """
 

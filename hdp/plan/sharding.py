@@ -51,7 +51,7 @@ class Placement:
 def offload_token_limit(capacity: int, layers: int, ratio: float) -> int:
     """Tokens a rank holds when ``ratio`` of its l-2 middle layers keep activations on the host.
 
-    Memory per rank: (2 + (1-r)(l-2)) * Act(s/D) <= l * Act(C)  (DESIGN.md), so
+    Memory per rank: (2 + (1-r)(l-2)) * Act(s/D) <= l * Act(C)  (docs/design.md), so
     s/D <= C * l / (2 + (1-r)(l-2)).
     """
     if layers <= 2 or ratio <= 0:
