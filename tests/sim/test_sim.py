@@ -186,3 +186,19 @@ def test_no_torch_imported():
     code = ("import sys, hdp.commands.simulate, hdp.sim.plot; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_ranks_instead_of_gpus_and_old_spellings(capsys):
+    code, out, _ = run_cli(capsys, "--ranks", "8", "--tp", "2", "--stages", "1", "--tokens", "300000",
+                           "--max-seq-len", "65536", "--cost-model", "h100-sxm-80gb", "--strategies", "hdp", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert (d["gpus"], d["num_ranks"]) == (16, 8)
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--steps", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip() == (
+        "hdp simulate: error: argument --steps: invalid int value: 'x' (see hdp simulate --help)")
