@@ -2,7 +2,7 @@
 
 Planners decide which sequences (whole, or as ring members) go into which micro-batch of which rank;
 the draft turns those decisions into segments, numbers nothing itself (ring ids are the planner's),
-and asks the cost model for the predicted step time and its lower bound.
+and asks ``estimate.py`` for the predicted step time and its lower bound.
 """
 
 from __future__ import annotations
