@@ -68,10 +68,6 @@ class CostModel:
         """Fixed cost of one micro-batch: per layer one launch set, k block steps in a ring."""
         return self.layers * self.device.layer_overhead_s * max(ring_size, 1)
 
-    def layer_time(self, length: int) -> float:
-        """T(s): fwd+bwd of one layer for one whole sequence, with its overhead."""
-        return self.attn_layer_time(length) + self.linear_layer_time(length) + self.device.layer_overhead_s
-
     def layer_time_fwd(self, length: float) -> float:
         return ATTN_FWD_SHARE * self.attn_layer_time(length) + LINEAR_FWD_SHARE * self.linear_layer_time(length)
 

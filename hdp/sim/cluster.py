@@ -68,12 +68,6 @@ class Cluster:
     def node(self, rank: int, stage: int = 0) -> int:
         return (rank * self.tp * self.pp + stage * self.tp) // self.gpus_per_node
 
-    def same_node(self, a: int, b: int) -> bool:
-        """Do GPU j of rank a and GPU j of rank b share a node (for every j)?"""
-        if self.gpus_per_rank > self.gpus_per_node:
-            return a == b
-        return self.node(a) == self.node(b)
-
     def ring_link(self, members: tuple[int, ...]) -> tuple[float, float]:
         """The slowest neighbour link of a ring: every block step waits for it."""
         first = self.node(members[0])
