@@ -16,7 +16,10 @@ from hdp.plan.sharding import PlanError
 from hdp.plan.strategies import strategy_table
 
 PLAN_FLAGS = {"num_ranks": "--ranks", "capacity": "--capacity", "max_len": "--max-len"}
-SIMULATE_FLAGS = {"num_ranks": "--gpus (or --ranks)", "capacity": "--capacity", "max_len": "--max-len"}
+SIMULATE_FLAGS = {"num_ranks": "--gpus (or --ranks)", "capacity": "--capacity", "max_len": "--max-len",
+                  "gpus": "--gpus", "tp": "--tp", "pp": "--pp", "gpus_per_node": "--gpus-per-node",
+                  "nvlink_gbps": "--nvlink-gbps", "inter_gbps": "--inter-gbps",
+                  "nvlink_latency_s": "--nvlink-latency-us", "inter_latency_s": "--inter-latency-us"}
 TRAIN_FLAGS = {"num_ranks": "--nproc", "capacity": "--capacity", "max_len": "--max-seq-len"}
 
 

@@ -10,7 +10,7 @@ import sys
 from hdp.commands.flags import SIMULATE_FLAGS, add_model_arguments, add_pp, user_error, with_strategy_table
 from hdp.commands.plan import add_workload_arguments
 from hdp.data.synthetic import read_lengths, sample_lengths
-from hdp.plan import STRATEGIES, build_cost_model
+from hdp.plan import STRATEGIES, PlanError, build_cost_model
 from hdp.plan.model_config import get_model
 from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
 from hdp.sim.compare import simulate
@@ -78,8 +78,11 @@ def build(args: argparse.Namespace):
         if args.ranks < 1:
             raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
         gpus = args.ranks * args.tp * args.pp
-    cluster = Cluster(gpus, args.tp, args.pp, args.gpus_per_node, args.nvlink_gbps, args.inter_gbps,
-                      args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
+    try:
+        cluster = Cluster(gpus, args.tp, args.pp, args.gpus_per_node, args.nvlink_gbps, args.inter_gbps,
+                          args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
+    except PlanError as e:
+        raise user_error(e, SIMULATE_FLAGS) from None
     cost = build_cost_model(model, args.profile, tp=args.tp, pp=args.pp)
     if args.capacity is not None:
         if args.capacity < 1:
