@@ -206,9 +206,9 @@ def planner_summary(ranks: int, capacities: list[int], tokens: int, seed: int) -
         lengths = sample_lengths(dist, tokens, 2**21, seed)
         for cap in capacities:
             t0 = time.perf_counter()
-            plan = make_plan(lengths, ranks, cap, cost, offload=True)
+            plan = make_plan(lengths, ranks, cap, cost, "hdp")
             plan_s = time.perf_counter() - t0
-            base = make_plan(lengths, ranks, cap, cost, offload=False)
+            base = make_plan(lengths, ranks, cap, cost, "hdp-balance")
             ratios = collections.Counter(round(place(n, cap, cost, True).offload_ratio, 3) for n in lengths if n > cap)
             out.append({"dist": dist, "ranks": ranks, "capacity": cap, "long_sequences": sum(ratios.values()),
                         "offload_ranks_saved": plan.extra["offload_ranks_saved"],

@@ -1,6 +1,6 @@
 """Plan quality: makespan / lower bound for hdp, static and pow2 on synthetic long-tailed batches.
 
-Both measures are reported: PLAN_FORMAT's work measure (what outside validators compute) and the
+Both measures are reported: docs/plan-format.md's work measure (what outside validators compute) and the
 planner's own cost model (the predicted step time against its bound). Prints one JSON line per
 case and a table; ``--quick`` runs a smaller matrix.
 
@@ -15,7 +15,7 @@ import platform
 import time
 
 from hdp.data.synthetic import sample_lengths
-from hdp.plan import build_cost_model, make_plan
+from hdp.plan import build_cost_model, get_strategy, make_plan
 from hdp.plan.work import quality
 
 
@@ -26,10 +26,10 @@ def case(dist: str, ranks: int, tokens: int, max_len: int, capacity: int, seed: 
     cost = build_cost_model("llama-7b")
     lengths = sample_lengths(dist, tokens, max_len, seed)
     out = []
-    for strategy in ("hdp", "static", "pow2"):
+    for strategy in ("hdp-balance", "static", "pow2"):  # hdp-balance: hdp without offloading
         t0 = time.perf_counter()
-        plan = make_plan(lengths, ranks, capacity, cost, strategy=strategy, max_len=max_len, seed=seed,
-                         balance_by=BY)
+        plan = make_plan(lengths, ranks, capacity, cost, get_strategy(strategy).replace(balance_by=BY),
+                         max_len=max_len, seed=seed)
         dt = time.perf_counter() - t0
         q = quality(plan, cost.work_coefficient)
         counts = [len(r.micro_batches) for r in plan.ranks]

@@ -17,11 +17,14 @@ import sys
 from hdp.data.synthetic import sample_lengths
 from hdp.plan import build_cost_model
 from hdp.sim.cluster import Cluster
+from hdp.sim.compare import simulate
 from hdp.sim.report import format_table
-from hdp.sim.run import simulate
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from variants import HDP_UNCAPPED  # noqa: E402
 
 PUBLISHED = {"static": 1.0, "hdp-naive": 1.59, "hdp-offload": 2.01, "hdp": 3.69}
-ORDER = ["static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-uncapped", "hdp-balance"]
+ORDER = ["static", "pow2", "hdp-naive", "hdp-offload", "hdp", HDP_UNCAPPED, "hdp-balance"]
 
 
 def main() -> int:
@@ -42,7 +45,7 @@ def main() -> int:
     title = f"ablation: llama-7b, {args.gpus} GPUs, C={capacity}, 2M max, {args.tokens:,} tokens byted, {args.steps} steps"
     print(format_table(sim.table, title))
     print(f"{'strategy':<12} {'sim speedup':>11} {'published':>9}")
-    for name in ORDER:
+    for name in sim.table:
         pub = PUBLISHED.get(name)
         print(f"{name:<12} {sim.table[name]['speedup_vs_static']:>10.2f}x {'' if pub is None else f'{pub:.2f}x':>9}")
     out = {"benchmark": "sim_ablation", "model": "llama-7b", "gpus": args.gpus, "capacity": capacity,

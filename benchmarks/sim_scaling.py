@@ -18,12 +18,16 @@ import time
 from hdp.data.synthetic import sample_lengths
 from hdp.plan import build_cost_model
 from hdp.sim.cluster import Cluster
-from hdp.sim.run import simulate
+from hdp.sim.compare import simulate
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from variants import HDP_UNCAPPED  # noqa: E402
 
 MODELS = [("llama-7b", 1, 1, 1024), ("llama-13b", 2, 1, 2048), ("llama-30b", 4, 1, 4096), ("llama-70b", 8, 1, 8192)]
 CONTEXTS = [2**18, 2**19, 2**20, 2**21]
 DISTS = ["byted", "github"]
-STRATEGIES = ["static", "pow2", "hdp", "hdp-uncapped", "hdp-balance"]
+STRATEGIES = ["static", "pow2", "hdp", HDP_UNCAPPED, "hdp-balance"]
+NAMES = [s if isinstance(s, str) else s.name for s in STRATEGIES]
 
 
 def main() -> int:
@@ -35,7 +39,7 @@ def main() -> int:
     wanted = args.models.split(",")
     rows = []
     t0 = time.perf_counter()
-    print(f"{'model':<10} {'gpus':>5} {'tp':>2} {'ctx':>5} {'dist':<6} " + " ".join(f"{s:>12}" for s in STRATEGIES)
+    print(f"{'model':<10} {'gpus':>5} {'tp':>2} {'ctx':>5} {'dist':<6} " + " ".join(f"{s:>12}" for s in NAMES)
           + "  (speedup vs static; step s of static)")
     for model, tp, pp, gpus in MODELS:
         if model not in wanted:
@@ -50,7 +54,7 @@ def main() -> int:
                 row = {"model": model, "gpus": gpus, "tp": tp, "pp": pp, "capacity": capacity, "max_len": ctx,
                        "dist": dist, "strategies": sim.table, "simulation_time_s": sim.simulation_time_s}
                 rows.append(row)
-                sp = " ".join(f"{sim.table[s]['speedup_vs_static']:>11.2f}x" for s in STRATEGIES)
+                sp = " ".join(f"{sim.table[s]['speedup_vs_static']:>11.2f}x" for s in NAMES)
                 print(f"{model:<10} {gpus:>5} {tp:>2} {ctx // 1024:>4}K {dist:<6} {sp}  ({sim.table['static']['step_time_s']:.1f} s)",
                       flush=True)
     best = {d: max((r["strategies"]["hdp"]["speedup_vs_static"], r["model"], r["max_len"]) for r in rows if r["dist"] == d)

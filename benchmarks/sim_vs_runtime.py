@@ -23,13 +23,9 @@ import subprocess
 import sys
 import tempfile
 
-from hdp.plan import build_cost_model
+from hdp.plan import STRATEGIES, build_cost_model, make_plan
 from hdp.sim.cluster import Cluster
-from hdp.sim.step import simulate_step
-from hdp.sim.strategies import plan_strategy
-
-STRATEGY = {"hdp": "hdp-balance", "static": "static", "pow2": "pow2"}
-"""Runtime strategy -> simulator strategy (the runtime plans ``hdp`` without offloading unless --offload)."""
+from hdp.sim.training_step import simulate_step
 
 LENGTHS_SNIPPET = """
 import json, sys
@@ -82,8 +78,8 @@ def simulate(args: argparse.Namespace, lengths_per_step: list[list[int]]) -> lis
                       nvlink_latency_s=args.link_latency_us * 1e-6)
     out = []
     for step, lengths in enumerate(lengths_per_step):
-        plan = plan_strategy(STRATEGY[args.strategy], lengths, cluster.num_ranks, args.capacity, cost, args.max_len,
-                             args.seed + step)
+        plan = make_plan(lengths, cluster.num_ranks, args.capacity, cost, args.strategy, max_len=args.max_len,
+                         seed=args.seed + step)
         out.append(simulate_step(plan, cost, cluster).step_time_s)
     return out
 
@@ -98,7 +94,7 @@ def main() -> int:
     ap.add_argument("--capacity", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--strategy", default="hdp", choices=list(STRATEGY), help="hdp train's --strategy")
+    ap.add_argument("--strategy", default="hdp", choices=list(STRATEGIES), help="hdp train's --strategy")
     ap.add_argument("--runtime-root", default=".", help="checkout whose hdp train runs (default: this one)")
     ap.add_argument("--link-gbps", type=float, default=2.0, help="gloo loopback bandwidth per rank (GB/s), a guess")
     ap.add_argument("--link-latency-us", type=float, default=50.0)

@@ -21,9 +21,19 @@ class UserError(Exception):
     """Bad input: the message says what is wrong and what to do."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr (the usage itself is under ``--help``), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="hdp", description=__doc__.splitlines()[0])
+    from hdp import __version__
+
+    parser = OneLineParser(prog="hdp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hdp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     modules = {}

@@ -9,9 +9,9 @@ import sys
 import tempfile
 import time
 
+from hdp.commands.flags import PLAN_FLAGS, add_max_len, add_model_arguments, add_pp, user_error, with_strategy_table
 from hdp.data.synthetic import DISTRIBUTIONS, read_lengths, sample_lengths
-from hdp.plan import STRATEGIES, Plan, build_cost_model, make_plan
-from hdp.plan.model_config import DEFAULT_MODEL, PRESETS
+from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, get_strategy, make_plan
 
 
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,16 +20,9 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--lengths", metavar="FILE", help="one sequence length per line (# comments allowed)")
     src.add_argument("--dist", choices=DISTRIBUTIONS, default=None, help="synthetic distribution (default byted)")
     p.add_argument("--tokens", type=int, default=32 * 2**20, help="total tokens of a synthetic batch (default 32M)")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="maximum context length: longest synthetic sequence, and what a static mesh is sized for "
-                        "(default 2M for synthetic batches, the longest sequence for a file)")
+    add_max_len(p, "maximum context length: longest synthetic sequence, and what a static mesh is sized for "
+                   "(default 2M for synthetic batches, the longest sequence for a file)")
     p.add_argument("--seed", type=int, default=0)
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=list(PRESETS), help=f"model preset (default {DEFAULT_MODEL})")
-    p.add_argument("--cost-model", metavar="PROFILE", default=None,
-                   help="device profile JSON (default: the shipped H100 SXM 80GB calibration)")
 
 
 def load_workload(args: argparse.Namespace) -> tuple[list[int], int | None]:
@@ -46,14 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=1024, help="HDP ranks (default 1024)")
     p.add_argument("--capacity", type=int, default=None,
                    help="tokens per rank per micro-batch (default: derived from device memory and the model)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="hdp")
-    p.add_argument("--balance", choices=("dp", "pp"), default="dp", help="plain HDP ranks, or pipelines of --stages")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="hdp", help="planner preset (table below; default hdp)")
+    add_pp(p, "pipeline stages per HDP rank: every rank is a 1F1B pipeline when P > 1 (default 1)")
+    p.add_argument("--balance", choices=("dp", "pp"), default=None,
+                   help="kept for old scripts: the scheduler balances pipelines exactly when --pp > 1")
     p.add_argument("--balance-by", choices=("work", "time"), default="work",
-                   help="what the scheduler equalises: PLAN_FORMAT's work measure (default) or cost-model time")
-    p.add_argument("--stages", type=int, default=1, help="pipeline stages per HDP rank (with --balance pp)")
-    p.add_argument("--offload", action="store_true", help="selective activation offloading for long sequences")
+                   help="what the scheduler equalises: docs/plan-format.md's work measure (default) or cost-model time")
+    p.add_argument("--offload", action="store_true",
+                   help="kept for old scripts: hdp-naive -> hdp-offload, hdp-balance -> hdp (hdp already offloads)")
     p.add_argument("--out", metavar="PLAN_JSON", help="write the plan here (hdp.plan/1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    with_strategy_table(p)
 
 
 def summary(plan: Plan, planning_time_s: float) -> dict[str, object]:
@@ -101,7 +97,7 @@ def print_summary(info: dict[str, object]) -> None:
     if "offload_ranks_saved" in info:
         t.add_row("ranks saved by offloading", f"{info['offload_ranks_saved']:,}")
     t.add_row("predicted step time", f"{info['predicted_step_time_s']:.3f} s")
-    t.add_row("lower bound", f"{info['lower_bound_s']:.3f} s")
+    t.add_row("lower bound (fewest ranks, no offload)", f"{info['lower_bound_s']:.3f} s")
     t.add_row("ratio", f"{info['ratio']:.3f}")
     t.add_row("planning time", f"{info['planning_time_s'] * 1e3:.1f} ms")
     Console(stderr=False).print(t)
@@ -114,25 +110,35 @@ def write_atomically(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plan is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.stages < 1:
-        raise ValueError(f"--stages must be >= 1, got {args.stages}")
-    if args.balance == "dp" and args.stages != 1:
-        raise ValueError("--stages needs --balance pp")
+    if args.pp < 1:
+        raise ValueError(f"--pp must be >= 1, got {args.pp}")
+    if args.balance == "dp" and args.pp != 1:
+        raise ValueError("--balance dp contradicts --pp > 1: drop --balance (pipelines are balanced when --pp > 1)")
+    strategy = get_strategy(args.strategy, offload=args.offload).replace(balance_by=args.balance_by)
     lengths, max_len = load_workload(args)
-    cost = build_cost_model(args.model, args.cost_model, pp=args.stages)
+    cost = build_cost_model(args.model, args.profile, pp=args.pp)
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)
     start = time.perf_counter()
-    plan = make_plan(lengths, args.ranks, capacity, cost, strategy=args.strategy, balance=args.balance,
-                     offload=args.offload, max_len=max_len, seed=args.seed, balance_by=args.balance_by)
+    try:
+        plan = make_plan(lengths, args.ranks, capacity, cost, strategy, max_len=max_len, seed=args.seed)
+    except PlanError as e:
+        raise user_error(e, PLAN_FLAGS) from None
     planning_time = time.perf_counter() - start
     if args.out:
         try:

@@ -7,23 +7,26 @@ import argparse
 import json
 import sys
 
-from hdp.commands.plan import add_model_arguments, add_workload_arguments
+from hdp.commands.flags import SIMULATE_FLAGS, add_model_arguments, add_pp, user_error, with_strategy_table
+from hdp.commands.plan import add_workload_arguments
 from hdp.data.synthetic import read_lengths, sample_lengths
-from hdp.plan import build_cost_model
+from hdp.plan import STRATEGIES, PlanError, build_cost_model
 from hdp.plan.model_config import get_model
 from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
+from hdp.sim.compare import simulate
 from hdp.sim.report import format_table
-from hdp.sim.run import simulate
-from hdp.sim.strategies import SIM_STRATEGIES, parse_strategies
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     add_model_arguments(p)
     p.add_argument("--steps", type=int, default=1, help="global batches to simulate; step i uses seed+i (default 1)")
-    p.add_argument("--gpus", type=int, default=1024, help="GPUs in the job (default 1024)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 1024)")
+    size.add_argument("--ranks", type=int, default=None, metavar="N",
+                      help="HDP ranks instead of GPUs: --gpus = N x --tp x --pp")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of one HDP rank (default 1)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline stages of one HDP rank (default 1)")
+    add_pp(p, "pipeline stages of one HDP rank (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--nvlink-gbps", type=float, default=NVLINK_GBPS,
                    help=f"NVLink GB/s per GPU per direction (default {NVLINK_GBPS:g}: H100 NVLink4, 900 GB/s bidirectional)")
@@ -34,9 +37,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", type=int, default=None,
                    help="tokens per HDP rank per micro-batch (default: derived from device memory and the model)")
     p.add_argument("--strategies", default="all",
-                   help=f"comma-separated subset of {','.join(SIM_STRATEGIES)}, or all (default all)")
+                   help=f"comma-separated subset of {','.join(STRATEGIES)} (table below), or all (default all)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
+    with_strategy_table(p)
+
+
+def parse_strategies(text: str) -> list[str]:
+    if text.strip() == "all":
+        return list(STRATEGIES)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--strategies is empty; give a comma-separated list or 'all'")
+    for s in names:
+        if s not in STRATEGIES:
+            raise ValueError(f"--strategies: unknown strategy {s!r}; choose from {', '.join(STRATEGIES)} or 'all'")
+    return list(dict.fromkeys(names))
 
 
 def load_batches(args: argparse.Namespace) -> tuple[list[list[int]], int | None]:
@@ -57,9 +73,17 @@ def build(args: argparse.Namespace):
         raise ValueError(f"--pp {args.pp} exceeds {model.name}'s {model.num_layers} layers")
     if args.tp >= 1 and (model.num_heads % args.tp or model.num_kv_heads % args.tp and args.tp % model.num_kv_heads):
         raise ValueError(f"--tp {args.tp} does not divide {model.name}'s {model.num_heads} attention heads")
-    cluster = Cluster(args.gpus, args.tp, args.pp, args.gpus_per_node, args.nvlink_gbps, args.inter_gbps,
-                      args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
-    cost = build_cost_model(model, args.cost_model, tp=args.tp, pp=args.pp)
+    gpus = 1024 if args.gpus is None and args.ranks is None else args.gpus
+    if gpus is None:
+        if args.ranks < 1:
+            raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
+        gpus = args.ranks * args.tp * args.pp
+    try:
+        cluster = Cluster(gpus, args.tp, args.pp, args.gpus_per_node, args.nvlink_gbps, args.inter_gbps,
+                          args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
+    except PlanError as e:
+        raise user_error(e, SIMULATE_FLAGS) from None
+    cost = build_cost_model(model, args.profile, tp=args.tp, pp=args.pp)
     if args.capacity is not None:
         if args.capacity < 1:
             raise ValueError(f"--capacity must be >= 1 token, got {args.capacity}")
@@ -68,7 +92,7 @@ def build(args: argparse.Namespace):
         try:
             capacity = cost.derived_capacity(cluster.num_ranks)
         except ValueError as e:
-            raise ValueError(f"{e} (--tp/--pp/--cost-model)") from None
+            raise ValueError(f"{e} (--tp/--pp/--profile)") from None
     return cluster, cost, capacity
 
 
@@ -77,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     cluster, cost, capacity = build(args)
     batches, max_len = load_batches(args)
     sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed)
+    notes = {name: user_error(e, SIMULATE_FLAGS).args[0] for name, e in sim.skipped.items()}
+    if not sim.table:
+        raise ValueError("no strategy can plan this batch: " + "; ".join(f"{n}: {m}" for n, m in notes.items()))
     title = (f"{cost.model.name} · {cluster.gpus:,} GPUs (tp={cluster.tp}, pp={cluster.pp}, "
              f"{cluster.num_ranks:,} HDP ranks) · C={capacity:,} · {sum(batches[0]):,} tokens")
     plots = []
@@ -89,11 +116,15 @@ def run(args: argparse.Namespace) -> int:
             "steps": len(batches), "tokens_per_step": sum(batches[0]), "strategies": sim.table,
             "simulation_time_s": sim.simulation_time_s, "plots": plots,
         }
+        if notes:
+            out["skipped"] = notes
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
     else:
         print(format_table(sim.table, title))
-        print(f"simulated {len(batches)} step(s) x {len(strategies)} strategies in {sim.simulation_time_s:.1f} s "
+        for name, note in notes.items():
+            print(f"{name}: skipped, {note}")
+        print(f"simulated {len(batches)} step(s) x {len(sim.table)} strategies in {sim.simulation_time_s:.1f} s "
               "(planning included)")
         for p in plots:
             print(f"wrote {p}")

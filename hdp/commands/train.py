@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from hdp.commands.flags import TRAIN_FLAGS, add_max_len, user_error, with_strategy_table
 from hdp.plan.model_config import PRESETS
-from hdp.runtime.config import DTYPES, TRAIN_STRATEGIES, TrainConfig
+from hdp.plan.sharding import PlanError
+from hdp.plan.strategies import STRATEGIES
+from hdp.runtime.config import DTYPES, TrainConfig
 
 DEFAULTS = TrainConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    p.add_argument("--nproc", type=int, default=4, help="local CPU processes to spawn (ignored under torchrun; default 4)")
+    p.add_argument("--ranks", "--nproc", dest="nproc", type=int, default=4, help="local CPU processes to spawn (ignored under torchrun; default 4)")
     p.add_argument("--model", default=d.model, choices=list(PRESETS), help=f"model preset (default {d.model})")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES), help=f"default {d.dtype}")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
@@ -20,9 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"tokens per step, independent of the number of ranks (default {d.global_batch_tokens})")
     p.add_argument("--capacity", type=int, default=d.capacity,
                    help=f"tokens per rank per micro-batch; longer sequences are split into rings (default {d.capacity})")
-    p.add_argument("--max-seq-len", type=int, default=d.max_seq_len,
-                   help=f"documents are cut into pieces of at most this many tokens (default {d.max_seq_len})")
-    p.add_argument("--strategy", choices=TRAIN_STRATEGIES, default=d.strategy, help=f"planner (default {d.strategy})")
+    add_max_len(p, f"documents are cut into pieces of at most this many tokens (default {d.max_seq_len})",
+                default=d.max_seq_len, dest="max_seq_len")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy,
+                   help=f"planner preset (table below; default {d.strategy})")
     p.add_argument("--seed", type=int, default=d.seed, help="data order and initial weights (default 0)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--data", default=None, metavar="PATH",
@@ -30,10 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default=None, metavar="FILE", help="write one JSON object per step here (JSONL)")
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help=f"seconds a rank waits for a peer before failing (default {d.timeout_s:g})")
-    p.add_argument("--offload", action="store_true", help="plan with selective activation offloading")
+    p.add_argument("--offload", action="store_true",
+                   help="kept for old scripts: hdp-naive -> hdp-offload, hdp-balance -> hdp (hdp already offloads)")
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    with_strategy_table(p)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -48,4 +54,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from hdp.runtime.launch import launch
 
-    return launch(config_from_args(args), args.nproc)
+    try:
+        return launch(config_from_args(args), args.nproc)
+    except PlanError as e:
+        raise user_error(e, TRAIN_FLAGS) from None

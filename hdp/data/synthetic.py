@@ -1,7 +1,7 @@
 """Synthetic global batches with the published shapes of long-context corpora (no torch, no download).
 
 Each distribution is a mixture of log-uniform bands, so the heavy tail holds most tokens while most
-sequences are short. Shapes at ``max_len`` = 2M (DESIGN.md):
+sequences are short. Shapes at ``max_len`` = 2M (docs/design.md):
 
 * ``byted``: ~80% of sequences <= 4K; sequences >= 128K are ~1% of sequences and ~44% of tokens;
   ~0.08% sit at max_len and hold ~12% of tokens (a production corpus as ByteScale reports it).

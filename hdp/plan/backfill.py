@@ -10,7 +10,7 @@ one rank. Jobs are taken largest time first. The clock advances over the ranks' 
 * when no ring is left, whole sequences go largest-first to the rank free soonest (LPT).
 
 Every rank's jobs are in time order, and ring ids are given in start-time order, so ring ids increase
-along every rank's list (PLAN_FORMAT rule 5). Replaying the plan (a ring starts when its last member
+along every rank's list (docs/plan-format.md rule 5). Replaying the plan (a ring starts when its last member
 arrives) can only start rings earlier than scheduled, never later.
 """
 
@@ -21,7 +21,7 @@ import heapq
 from dataclasses import dataclass
 
 from hdp.plan.sharding import Placement
-from hdp.plan.weights import Weights
+from hdp.plan.balance_measure import Weights
 
 
 @dataclass(slots=True)
@@ -62,7 +62,7 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
         key=lambda j: (-j.time, -j.ranks, j.seq),
     )
     locals_ = _Locals([
-        Job(i, weights.whole(n) + (weights.overhead() if p.offload_ratio else 0.0), 1)  # offloaded: own micro-batch
+        Job(i, weights.whole(n) + (weights.overhead() if p.offload_layers else 0.0), 1)  # offloaded: own micro-batch
         for i, (n, p) in enumerate(zip(lengths, placements)) if p.ranks == 1
     ])
     per_rank: list[list[Job]] = [[] for _ in range(num_ranks)]

@@ -28,7 +28,7 @@ from hdp.plan.draft import Draft, DraftMicroBatch
 from hdp.plan.backfill import Job, schedule
 from hdp.plan.sharding import Placement
 from hdp.plan.zigzag import max_member_tokens
-from hdp.plan.weights import Weights
+from hdp.plan.balance_measure import Weights
 
 Balance = Literal["dp", "pp"]
 
@@ -40,7 +40,7 @@ class _Local:
     time: float
     seqs: list[int]
     tokens: int
-    offload_ratio: float = 0.0
+    offload_layers: int = 0
     token_limit: int = 0
 
 
@@ -68,13 +68,13 @@ def plan_balanced(draft: Draft, placements: list[Placement], weights: Weights, b
         start = max(load[r] for r in members)
         g = draft.new_ring(seq, members)
         for r in members:
-            draft.ranks[r].append(draft.ring_micro_batch([g], pl.offload_ratio, pl.token_limit))
+            draft.ranks[r].append(draft.ring_micro_batch([g], pl.offload_layers, pl.token_limit))
             load[r] = start + t / stages
             peak[r] = max(peak[r], t)
             push(r)
     for unit in _packed_units(draft, placements, weights):
         _, r = heapq.heappop(heap)
-        draft.ranks[r].append(draft.seq_micro_batch(unit.seqs, unit.offload_ratio, unit.token_limit))
+        draft.ranks[r].append(draft.seq_micro_batch(unit.seqs, unit.offload_layers, unit.token_limit))
         load[r] += unit.time / stages
         peak[r] = max(peak[r], unit.time)
         push(r)
@@ -96,10 +96,10 @@ def _lay_out_jobs(draft: Draft, placements: list[Placement], per_rank: list[list
             run = []
             p = placements[job.seq]
             if job.ranks > 1:
-                out.append(draft.ring_micro_batch([ring_id[job.seq]], p.offload_ratio, p.token_limit))
+                out.append(draft.ring_micro_batch([ring_id[job.seq]], p.offload_layers, p.token_limit))
             else:
-                out.append(draft.seq_micro_batch([job.seq], p.offload_ratio, p.token_limit))
-        if run and out and out[-1].rings and out[-1].offload_ratio == 0.0:
+                out.append(draft.seq_micro_batch([job.seq], p.offload_layers, p.token_limit))
+        if run and out and out[-1].rings and out[-1].offload_layers == 0:
             run = _fill_spare(draft, out[-1], run)
         out.extend(draft.seq_micro_batch(mb) for mb in pack_best_fit(run, lengths, cap))
         draft.ranks[r] = out
@@ -129,7 +129,7 @@ def _packed_units(draft: Draft, placements: list[Placement], weights: Weights) -
         if p.ranks > 1:
             continue
         if n > draft.capacity:  # held whole thanks to offloading: a micro-batch of its own
-            units.append(_Local(weights.whole(n) + weights.overhead(), [i], n, p.offload_ratio, p.token_limit))
+            units.append(_Local(weights.whole(n) + weights.overhead(), [i], n, p.offload_layers, p.token_limit))
         else:
             shorts.append(i)
     for mb in pack_best_fit(shorts, draft.lengths, draft.capacity):
@@ -181,11 +181,11 @@ def plan_naive(draft: Draft, placements: list[Placement]) -> None:
             used += length
             continue
         if p.ranks == 1:
-            draft.ranks[cursor % n].append(draft.seq_micro_batch([i], p.offload_ratio, p.token_limit))
+            draft.ranks[cursor % n].append(draft.seq_micro_batch([i], p.offload_layers, p.token_limit))
         else:
             members = sorted({(cursor + j) % n for j in range(p.ranks)})
             g = draft.new_ring(i, members)
             for r in members:
-                draft.ranks[r].append(draft.ring_micro_batch([g], p.offload_ratio, p.token_limit))
+                draft.ranks[r].append(draft.ring_micro_batch([g], p.offload_layers, p.token_limit))
         cursor += p.ranks
     flush()

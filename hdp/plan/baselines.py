@@ -30,7 +30,7 @@ def static_cp_size(num_ranks: int, capacity: int, max_len: int, lengths: list[in
             return cp
     raise PlanError(
         f"a static mesh needs context parallelism >= {need:,} to hold {max_len:,} tokens at capacity "
-        f"{capacity:,}, but no divisor of {num_ranks:,} ranks is that large: raise --ranks or --capacity"
+        f"{capacity:,}, but no divisor of {num_ranks:,} ranks is that large: raise {{num_ranks}} or {{capacity}}"
     )
 
 
@@ -91,7 +91,7 @@ def plan_pow2(draft: Draft, cost: CostModel) -> None:
         if k == 0:
             raise PlanError(
                 f"sequence {i} has {lengths[i]:,} tokens; pow2 needs an aligned power-of-two group "
-                f"larger than {n:,} ranks to hold it: raise --ranks or --capacity"
+                f"larger than {n:,} ranks to hold it: raise {{num_ranks}} or {{capacity}}"
             )
     load = [0.0] * n
     rings = sorted((i for i, k in enumerate(sizes) if k > 1),

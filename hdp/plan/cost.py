@@ -3,8 +3,7 @@
 Per layer, a sequence of ``s`` tokens costs ``T(s) = attn(s) + linear(s) + c``: attention FLOPs
 (quadratic) at the efficiency measured for documents of that length (short documents are slower per
 FLOP: the penalty in the calibration), linear FLOPs at the measured GEMM rate, and a fixed per
-micro-batch overhead ``c``. Activations are ``Act(s) = a2*s + b2`` bytes per layer. ``quadratic()``
-gives the least-squares ``(a, b, c)`` for readers that want the closed form.
+micro-batch overhead ``c``. Activations are ``Act(s) = a2*s`` bytes per layer.
 """
 
 from __future__ import annotations
@@ -69,27 +68,8 @@ class CostModel:
         """Fixed cost of one micro-batch: per layer one launch set, k block steps in a ring."""
         return self.layers * self.device.layer_overhead_s * max(ring_size, 1)
 
-    def layer_time(self, length: int) -> float:
-        """T(s): fwd+bwd of one layer for one whole sequence, with its overhead."""
-        return self.attn_layer_time(length) + self.linear_layer_time(length) + self.device.layer_overhead_s
-
     def layer_time_fwd(self, length: float) -> float:
         return ATTN_FWD_SHARE * self.attn_layer_time(length) + LINEAR_FWD_SHARE * self.linear_layer_time(length)
-
-    def quadratic(self, lo: int = 512, hi: int = 2 ** 21) -> tuple[float, float, float]:
-        """Least-squares (a, b, c) of T(s) = a*s^2 + b*s + c over log-spaced lengths in [lo, hi]."""
-        xs = [lo * 2 ** (i / 4) for i in range(int(4 * math.log2(hi / lo)) + 1)]
-        # Weight each point by 1/T(s)^2 so the fit is good in relative terms at every length.
-        rows = [(x * x, x, 1.0, self.layer_time(int(x))) for x in xs]
-        ata = [[0.0] * 3 for _ in range(3)]
-        atb = [0.0] * 3
-        for *f, y in rows:
-            w = 1.0 / (y * y)
-            for i in range(3):
-                atb[i] += w * f[i] * y
-                for j in range(3):
-                    ata[i][j] += w * f[i] * f[j]
-        return tuple(_solve3(ata, atb))  # type: ignore[return-value]
 
     # -- memory --------------------------------------------------------------------------------------
     @property
@@ -132,26 +112,10 @@ class CostModel:
         bandwidth = min(self.device.d2h_gbps, self.device.h2d_gbps) * 1e9
         return min(1.0, self.layer_time_fwd(length) * bandwidth / self.act_bytes(length))
 
-    # -- the work measure of PLAN_FORMAT.md ------------------------------------------------------------
+    # -- the work measure of docs/plan-format.md -------------------------------------------------------
     @property
     def work_coefficient(self) -> float:
         return self.model.work_coefficient
-
-
-def _solve3(a: list[list[float]], b: list[float]) -> list[float]:
-    """Gaussian elimination with partial pivoting for the 3x3 normal equations."""
-    m = [row[:] + [v] for row, v in zip(a, b)]
-    for i in range(3):
-        p = max(range(i, 3), key=lambda r: abs(m[r][i]))
-        m[i], m[p] = m[p], m[i]
-        for r in range(i + 1, 3):
-            f = m[r][i] / m[i][i]
-            for c in range(i, 4):
-                m[r][c] -= f * m[i][c]
-    x = [0.0] * 3
-    for i in (2, 1, 0):
-        x[i] = (m[i][3] - sum(m[i][c] * x[c] for c in range(i + 1, 3))) / m[i][i]
-    return x
 
 
 def build_cost_model(model: str | ModelConfig = "llama-7b", device: str | DeviceProfile | None = None,

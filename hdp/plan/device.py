@@ -1,7 +1,7 @@
 """Device profiles: what one accelerator achieves, as measured, for the cost model.
 
 A profile is read either in our own format (``DeviceProfile.to_dict``) or in the raw calibration
-format that the project measures (shared/calibration/*.json, shipped in ``profiles/``).
+format the project measured an H100 in (shipped in ``profiles/``; see its README).
 """
 
 from __future__ import annotations
@@ -153,4 +153,7 @@ def load_profile(path_or_name: str | Path | None = None) -> DeviceProfile:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"device profile {str(path_or_name)!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"device profile {str(path_or_name)!r} is {type(data).__name__} JSON, not an object: "
+                         "give an object as hdp.plan.device.DeviceProfile.to_dict writes")
     return DeviceProfile.from_dict(data, name=name)

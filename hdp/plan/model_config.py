@@ -62,7 +62,7 @@ class ModelConfig:
 
     @property
     def work_coefficient(self) -> float:
-        """PLAN_FORMAT's ``a``: attention FLOPs per query-key pair over linear FLOPs per token."""
+        """docs/plan-format.md's ``a``: attention FLOPs per query-key pair over linear FLOPs per token."""
         h = self.hidden_size
         return 4 * h / (2 * (4 * h * h + 3 * h * self.ffn_size))
 

@@ -1,19 +1,24 @@
-"""``make_plan``: lengths -> Plan, for every strategy. Pure function; no torch, no environment."""
+"""``make_plan``: lengths -> Plan, for every strategy. Pure function; no torch, no environment.
+
+Two steps: ``place_all`` decides how many ranks (and offloaded layers) each sequence takes, and
+``plan_placed`` lays the placements out on ranks with the strategy's scheduler. Benchmarks that
+try other placements call the two steps themselves.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
-from hdp.plan.balance import Balance, plan_balanced, plan_naive
+from hdp.plan.balance import plan_balanced, plan_naive
+from hdp.plan.balance_measure import weights_for
 from hdp.plan.baselines import plan_pow2, plan_static
 from hdp.plan.cost import CostModel
-from hdp.plan.draft import Draft, time_bound
+from hdp.plan.draft import Draft
+from hdp.plan.estimate import time_bound
 from hdp.plan.sharding import Placement, PlanError, place
+from hdp.plan.strategies import Strategy, get_strategy
 from hdp.plan.types import Plan
-from hdp.plan.weights import BalanceBy, weights_for
-
-Strategy = Literal["hdp", "hdp-naive", "static", "pow2"]
-STRATEGIES: tuple[str, ...] = ("hdp", "hdp-naive", "static", "pow2")
+from hdp.plan.zigzag import ranks_needed
 
 
 def check_lengths(lengths: Sequence[object]) -> list[int]:
@@ -27,96 +32,68 @@ def check_lengths(lengths: Sequence[object]) -> list[int]:
     return out
 
 
-def make_plan(
-    lengths: Sequence[int],
-    num_ranks: int,
-    capacity: int,
-    cost: CostModel,
-    strategy: Strategy = "hdp",
-    balance: Balance = "dp",
-    offload: bool = False,
-    max_len: int | None = None,
-    seed: int = 0,
-    balance_by: BalanceBy = "work",
-    offload_cap: bool = True,
-    widen: bool = False,
-) -> Plan:
-    """Plan one global batch.
+def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostModel,
+              strategy: str | Strategy = "hdp", *, max_len: int | None = None, seed: int = 0) -> Plan:
+    """Plan one global batch with a strategy of ``hdp.plan.strategies`` (a name or a ``Strategy``).
 
     ``max_len`` is the context length a static mesh is sized for (default: the batch's longest).
-    ``balance="pp"`` treats every HDP rank as a pipeline of ``cost.pp`` stages. ``balance_by`` is what
-    the scheduler equalises: ``work`` (PLAN_FORMAT's FLOP-proportional measure; the default, since
-    rings synchronise ranks and a schedule balanced on it stays balanced when real times deviate
-    from the calibration) or ``time`` (the calibrated cost model). Placement, offload ratios and the
-    predicted step time always use the cost model. ``seed`` is recorded; planning is deterministic
-    and breaks every tie by index.
-    ``offload_cap`` (with ``offload``; on by default) keeps a sequence on more ranks than offloading allows when
-    the fewest would make its per-rank time exceed the no-offload lower bound of the batch: fewer
-    ranks then lengthen the step instead of freeing ranks (the simulator shows this at 2M tokens).
-    ``widen`` (strategy ``hdp`` only; DESIGN.md "beyond the paper") gives a sequence more ranks than
-    the fewest when its per-rank time would exceed the batch's mean per-rank time; the plan is then
-    named ``hdp-wide`` (PLAN_FORMAT rule 4 does not hold for it).
+    With ``cost.pp > 1`` every HDP rank is a 1F1B pipeline of ``cost.pp`` stages and the scheduler
+    balances pipelines. ``seed`` is recorded; planning is deterministic and breaks every tie by index.
     """
+    s = get_strategy(strategy)
     lengths = check_lengths(lengths)
     if num_ranks < 1:
-        raise PlanError(f"--ranks must be >= 1, got {num_ranks}")
+        raise PlanError(f"{{num_ranks}} must be >= 1, got {num_ranks}")
     if capacity < 1:
-        raise PlanError(f"--capacity must be >= 1 token, got {capacity}")
-    if strategy not in STRATEGIES:
-        raise PlanError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if balance not in ("dp", "pp"):
-        raise PlanError(f"unknown balance mode {balance!r}; choose dp or pp")
+        raise PlanError(f"{{capacity}} must be >= 1 token, got {capacity}")
     longest = max(lengths)
     if max_len is not None and longest > max_len:
         i = lengths.index(longest)
-        raise PlanError(f"sequence {i} has {longest:,} tokens, more than --max-len {max_len:,}: raise --max-len")
-    use_offload = offload and strategy in ("hdp", "hdp-naive")
+        raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
+    placements = place_all(lengths, num_ranks, capacity, cost, s)
+    return plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed)
+
+
+def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, strategy: Strategy) -> list[Placement]:
+    """The fewest ranks of every sequence (with the strategy's offloading); a sequence that needs
+    more ranks than exist is an error."""
     # Offloading that pushes a sequence's per-rank time past the batch's bound lengthens the step.
-    cap = time_bound(lengths, num_ranks, capacity, cost) if use_offload and offload_cap else None
-    placements = [place(n, capacity, cost, use_offload, time_cap=cap) for n in lengths]
+    cap = time_bound(lengths, num_ranks, capacity, cost) if strategy.offload and strategy.offload_cap else None
+    placements = [place(n, capacity, cost, strategy.offload, time_cap=cap) for n in lengths]
     for i, p in enumerate(placements):
         if p.ranks > num_ranks:
-            hint = "" if use_offload else ", or enable offloading (--offload)"
-            raise PlanError(
-                f"sequence {i} has {lengths[i]:,} tokens; at capacity {capacity:,} it needs {p.ranks:,} "
-                f"ranks but only {num_ranks:,} exist: raise --ranks or --capacity{hint}"
-            )
-    if widen and strategy == "hdp":
-        placements = widen_rings(lengths, placements, num_ranks, cost)
+            _too_long(i, lengths[i], p.ranks, num_ranks, capacity, strategy)
+    return placements
+
+
+def _too_long(i: int, length: int, need: int, num_ranks: int, capacity: int, strategy: Strategy) -> None:
+    hint = "" if strategy.offload or strategy.layout != "fewest" else ", or use a strategy that offloads"
+    raise PlanError(f"sequence {i} has {length:,} tokens; at capacity {capacity:,} it needs {need:,} "
+                    f"ranks but only {num_ranks:,} exist: raise {{num_ranks}} or {{capacity}}{hint}")
+
+
+def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int, cost: CostModel,
+                strategy: Strategy, max_len: int | None = None, seed: int = 0) -> Plan:
+    """Lay placed sequences out on ranks with the strategy's scheduler and finish the plan.
+
+    The plan says ``"fewest_ranks": true`` when every sequence is on its fewest ranks for its
+    micro-batch's token limit (docs/plan-format.md rule 4), so the validator checks the rule."""
+    pipelines = cost.pp > 1
     draft = Draft(lengths, num_ranks, capacity)
-    extra: dict[str, object] = {"seed": seed, "balance": balance, "balance_by": balance_by, "offload": use_offload}
-    if strategy == "hdp":
-        plan_balanced(draft, placements, weights_for(cost, balance_by), balance, stages=cost.pp)
-    elif strategy == "hdp-naive":
-        plan_naive(draft, placements)
-    elif strategy == "static":
-        extra["cp_size"] = plan_static(draft, max_len or longest)
-    else:
+    extra: dict[str, object] = {"seed": seed, "balance": "pp" if pipelines else "dp",
+                                "balance_by": strategy.balance_by, "offload": strategy.offload}
+    if strategy.layout == "static":
+        extra["cp_size"] = plan_static(draft, max_len or max(lengths))
+    elif strategy.layout == "pow2":
         plan_pow2(draft, cost)
-    if use_offload:
-        base = sum(place(n, capacity).ranks for n in lengths if n > capacity)
+    elif strategy.schedule:
+        plan_balanced(draft, placements, weights_for(cost, strategy.balance_by), "pp" if pipelines else "dp",
+                      stages=cost.pp)
+    else:
+        plan_naive(draft, placements)
+    if strategy.offload:
+        base = sum(ranks_needed(n, capacity) for n in lengths if n > capacity)
         extra["offload_ranks_saved"] = base - sum(p.ranks for n, p in zip(lengths, placements) if n > capacity)
-    stages = cost.pp if balance == "pp" else 1
-    name = "hdp-wide" if widen and strategy == "hdp" else strategy
-    return draft.finish(name, cost, stages=stages, extra=extra)
-
-
-def widen_rings(lengths: list[int], placements: list[Placement], num_ranks: int, cost: CostModel) -> list[Placement]:
-    """More ranks (no offloading) for sequences whose per-rank time exceeds the mean per-rank time."""
-    target = sum(p.ranks * cost.seq_time(n, p.ranks) for n, p in zip(lengths, placements)) / num_ranks
-    out = []
-    for n, p in zip(lengths, placements):
-        if p.ranks < 2 or cost.seq_time(n, p.ranks) <= target or p.ranks >= num_ranks:
-            out.append(p)
-            continue
-        # seq_time falls with more ranks: the smallest k within the target, at most twice the fewest
-        # (as many as power-of-two groups would give at worst) so that wide rings still pack side by side.
-        lo, hi = p.ranks, min(num_ranks, 2 * p.ranks)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if cost.seq_time(n, mid) <= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        out.append(p if lo == p.ranks else Placement(lo, 0.0, max(p.token_limit, 1)))
-    return out
+    if strategy.layout == "fewest" and all(p.ranks == ranks_needed(n, p.token_limit) for n, p in zip(lengths, placements)):
+        extra["fewest_ranks"] = True
+    return draft.finish(strategy.name, cost, stages=cost.pp if pipelines else 1, extra=extra)

@@ -1,4 +1,4 @@
-"""Replay a plan's micro-batch order with ring synchronisation: the makespan of PLAN_FORMAT.md.
+"""Replay a plan's micro-batch order with ring synchronisation: the makespan of docs/plan-format.md.
 
 Each rank runs its list in order; a micro-batch that carries rings starts only when every member of
 each of its rings has reached it (rule 5). The same replay serves the work measure (outside
@@ -71,6 +71,6 @@ def replay(plan: Plan, durations: Sequence[Sequence[float]]) -> Replay:
         r = stuck[0]
         raise DeadlockError(
             f"rank {r} waits forever at micro-batch {ptr[r]} (rings {list(mbs[r][ptr[r]].rings)}); "
-            "ring ids must increase along every rank's list (PLAN_FORMAT rule 5)"
+            "ring ids must increase along every rank's list (docs/plan-format.md rule 5)"
         )
     return Replay(tuple(clock), tuple(tuple(s) for s in starts), tuple(wait))

@@ -4,28 +4,54 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 from hdp.plan.cost import CostModel
 from hdp.plan.zigzag import ranks_needed
 
 
 class PlanError(ValueError):
-    """User input the planner cannot plan; the message says what to do."""
+    """User input the planner cannot plan; the message says what to do.
+
+    The text names ``make_plan``'s parameters in braces (``"raise {num_ranks} or {capacity}"``);
+    ``message(names)`` spells them as a command's flags, so the library never speaks of flags
+    and each command names its own (``hdp.commands.flags``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(self.message())
+
+    def message(self, names: Mapping[str, str] | None = None) -> str:
+        return self.text.format_map(_Names(names or {}))
+
+
+class _Names(dict):
+    """Parameter names a command does not map stay as they are."""
+
+    def __missing__(self, key: str) -> str:
+        return key
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """How one sequence is held: on ``ranks`` ranks, with ``offload_ratio`` of its layers offloaded."""
+    """How one sequence is held: on ``ranks`` ranks, ``offload_layers`` of its ``offloadable``
+    middle layers keeping their activations on the host."""
 
     ranks: int
-    offload_ratio: float
     token_limit: int
+    offload_layers: int = 0
+    offloadable: int = 0
+    """Layers that may be offloaded (l - 2): the denominator of the plan's ``offload_ratio``."""
+
+    @property
+    def offload_ratio(self) -> float:
+        return self.offload_layers / self.offloadable if self.offload_layers else 0.0
 
 
 def offload_token_limit(capacity: int, layers: int, ratio: float) -> int:
     """Tokens a rank holds when ``ratio`` of its l-2 middle layers keep activations on the host.
 
-    Memory per rank: (2 + (1-r)(l-2)) * Act(s/D) <= l * Act(C)  (DESIGN.md), so
+    Memory per rank: (2 + (1-r)(l-2)) * Act(s/D) <= l * Act(C)  (docs/design.md), so
     s/D <= C * l / (2 + (1-r)(l-2)).
     """
     if layers <= 2 or ratio <= 0:
@@ -34,8 +60,13 @@ def offload_token_limit(capacity: int, layers: int, ratio: float) -> int:
 
 
 def num_offload_layers(offload_ratio: float, num_layers: int) -> int:
-    """Whole layers of a ratio r = j / (l - 2): round(r * (l - 2))."""
+    """Whole layers of a ratio r = j / (l - 2): round(r * (l - 2)) (for plans that carry only the ratio)."""
     return int(offload_ratio * max(num_layers - 2, 0) + 0.5)
+
+
+def offload_ratio_of(num_offloaded: int, num_layers: int) -> float:
+    """The plan's ``offload_ratio`` of j offloaded layers: j / (l - 2)."""
+    return num_offloaded / (num_layers - 2) if num_offloaded else 0.0
 
 
 def offloaded_layers(num_offloaded: int, num_layers: int) -> tuple[int, ...]:
@@ -55,14 +86,14 @@ def offloaded_layers(num_offloaded: int, num_layers: int) -> tuple[int, ...]:
 
 def place(length: int, capacity: int, cost: CostModel | None = None, offload: bool = False,
           time_cap: float | None = None) -> Placement:
-    """The fewest ranks for a sequence; with ``offload``, the smallest whole-layer ratio that achieves them.
+    """The fewest ranks for a sequence; with ``offload``, the fewest whole layers j that achieve them.
 
     The ratio is limited by the copies hiding under the forward compute (CostModel.max_offload_ratio)
     and by the host memory of one device (DeviceProfile.host_mem_gib), and quantised to whole
     layers: r = j / (l - 2). With ``time_cap``, fewer ranks are taken only while the sequence's
     per-rank time stays within it (fewer ranks mean more time per rank).
     """
-    best = Placement(ranks_needed(length, capacity), 0.0, capacity)
+    best = Placement(ranks_needed(length, capacity), capacity)
     if not offload or length <= capacity or cost is None or cost.layers <= 2:
         return best
     middle = cost.layers - 2
@@ -74,5 +105,5 @@ def place(length: int, capacity: int, cost: CostModel | None = None, offload: bo
         limit = offload_token_limit(capacity, cost.layers, j / middle)
         k = ranks_needed(length, limit)
         if k < best.ranks and (time_cap is None or cost.seq_time(length, k) <= time_cap):
-            best = Placement(k, j / middle, limit)
+            best = Placement(k, limit, j, middle)
     return best

@@ -1,6 +1,6 @@
 """The Plan: pure data shared by the planner, the runtime and the simulator.
 
-Mirrors the ``hdp.plan/1`` JSON contract (shared/PLAN_FORMAT.md). Types are frozen and slotted;
+Mirrors the ``hdp.plan/1`` JSON contract (docs/plan-format.md). Types are frozen and slotted;
 cheap structural invariants are checked on construction, the cross-rank rules in ``validate.py``.
 """
 

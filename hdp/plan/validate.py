@@ -1,7 +1,7 @@
-"""Check a plan against rules 1-5 of PLAN_FORMAT.md (rule 6, determinism, is a property of planners).
+"""Check a plan against rules 1-5 of docs/plan-format.md (rule 6, determinism, is a property of planners).
 
 Returns every violation found, so a test or a user sees all that is wrong at once; ``check_plan``
-raises with them. Used by the tests, by ``hdp plan --check`` and by the runtime before a step.
+raises with them. Rule 4 (fewest ranks) is checked for plans that say ``"fewest_ranks": true``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
         return len(out) >= limit
 
     lengths = [s.length for s in plan.sequences]
+    fewest = plan.extra.get("fewest_ranks") is True
     covered: list[list[tuple[int, int]]] = [[] for _ in lengths]
     ring_homes: dict[int, list[tuple[int, int]]] = {r.id: [] for r in plan.rings}
     seq_ring = {}
@@ -76,8 +77,8 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
                 have = tuple(sorted((s for s in mb.segments if s.seq == ring.seq), key=lambda s: s.start))
                 if want != have and bad(f"{where}: ring {g} pieces {have} are not the zig-zag pair {want}"):
                     return out
-            # Rule 4 (hdp only): fewest ranks.
-            if plan.strategy == "hdp":
+            # Rule 4: fewest ranks, for plans that claim it.
+            if fewest:
                 for s in mb.segments:
                     ring = seq_ring.get(s.seq)
                     need = ranks_needed(lengths[s.seq], mb.token_limit)
@@ -117,4 +118,4 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
 def check_plan(plan: Plan) -> None:
     errs = violations(plan)
     if errs:
-        raise ValueError("plan breaks PLAN_FORMAT.md:\n  " + "\n  ".join(errs))
+        raise ValueError("plan breaks docs/plan-format.md:\n  " + "\n  ".join(errs))

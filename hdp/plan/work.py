@@ -1,4 +1,4 @@
-"""The work measure of PLAN_FORMAT.md ("Work, for comparing plans") and its lower bound.
+"""The work measure of docs/plan-format.md ("Work, for comparing plans") and its lower bound.
 
 A token at position p costs ``1 + a*(p+1)``. Outside tools judge plans by this measure, so the
 benchmarks report makespan / lower bound with it, next to the planner's own cost model.
@@ -30,14 +30,19 @@ def makespan(plan: Plan, a: float) -> float:
     return replay(plan, [[micro_batch_work(mb, a) for mb in rp.micro_batches] for rp in plan.ranks]).makespan
 
 
-def bound_from_items(items: Iterable[tuple[float, int]], num_ranks: int) -> float:
-    """Lower bound from (per-rank work, ranks occupied) items: the PLAN_FORMAT formula.
+def bound_from_items(items: Iterable[tuple[float, int]], num_ranks: int, stages: int = 1) -> float:
+    """Lower bound from (per-rank work, ranks occupied) items: the docs/plan-format.md formula.
 
     max(total / N, max over thresholds w of ceil(S(w) / N) * w), S(w) = ranks of items >= w.
+    With ``stages`` P > 1 every rank is a 1F1B pipeline and an item's work is its time on one
+    stage: the micro-batch holding the heaviest item w passes forward through all P stages and
+    backward through them again, so the step is at least P * w.
     """
     items = sorted(items, key=lambda x: -x[0])
     total = sum(w * k for w, k in items)
     best = total / num_ranks
+    if stages > 1 and items:
+        best = max(best, stages * items[0][0])
     occupied = 0
     for i, (w, k) in enumerate(items):
         occupied += k

@@ -35,19 +35,33 @@ def member_shares(length: int, ring_size: int) -> list[int]:
 
 
 def max_member_tokens(length: int, ring_size: int) -> int:
-    """The largest member's tokens (at most ceil(L/k) + 1 with the floor cuts)."""
-    if length % ring_size == 0:
-        return length // ring_size  # pieces pair up to exactly L/k
-    return max(member_shares(length, ring_size))
+    """The largest member's tokens, in O(1): ``max(member_shares(L, k))``.
+
+    With n = 2k and L = q*n + r, member i holds A(i+1) - A(i) tokens where
+    A(i) = floor(iL/n) + ceil(iL/n); each step of floor(iL/n) is q or q+1 (a "carry"), so a member
+    holds 2q, 2q+1 or 2q+2 tokens. r = 0: all hold 2q = L/k. Else member 0 holds 2q+1, and some
+    member holds 2q+2 exactly when a carry lands off a multiple of n: the first k steps carry
+    floor(r/2) times, floor(g/2) of them onto multiples of n (g = gcd(r, n)), and floor(r/2) >
+    floor(g/2) unless r = g (r divides n).
+    """
+    n = 2 * ring_size
+    q, r = divmod(length, n)
+    if r == 0:
+        return 2 * q
+    return 2 * q + (1 if math.gcd(r, n) == r else 2)
 
 
 def ranks_needed(length: int, token_limit: int) -> int:
     """Rule 4: the fewest ranks whose zig-zag members each hold at most ``token_limit`` tokens.
 
     This is ``ceil(L / limit)`` except when L lies within about 2k tokens below k * limit: the
-    floor-rounded pieces then give one member ceil(L/k) + 1 tokens, so one more rank is used.
+    floor-rounded pieces then give one member ceil(L/k) + 1 tokens, so more ranks are used. With
+    an even limit k0 = ceil(L / limit) always holds (shares are at most 2*floor(L/2k) + 2); with an
+    odd one the walk from k0 is at most about L / limit**2 steps of O(1) each.
     """
-    k = math.ceil(length / token_limit)
+    if token_limit < 1:
+        raise ValueError(f"token_limit must be >= 1, got {token_limit}")
+    k = -(-length // token_limit)
     while k > 1 and max_member_tokens(length, k) > token_limit:
         k += 1
     return k

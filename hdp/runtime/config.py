@@ -7,8 +7,10 @@ from typing import Literal
 
 import torch
 
+from hdp.plan.strategies import STRATEGIES
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-TRAIN_STRATEGIES = ("hdp", "static", "pow2")
+TRAIN_STRATEGIES = tuple(STRATEGIES)  # the planner's table (hdp.plan.strategies)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from hdp.data.batches import BatchStream
 from hdp.data.corpus import VOCAB_SIZE, load_corpus
-from hdp.plan import build_cost_model, get_model, make_plan
+from hdp.plan import PlanError, build_cost_model, get_model, get_strategy, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
@@ -51,18 +51,18 @@ class Run:
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
         c = self.config
-        return make_plan(self.stream.batch(step).lengths, num_ranks, c.capacity, self.cost, strategy=c.strategy,
-                         offload=c.offload, max_len=c.max_seq_len, seed=c.seed)
+        return make_plan(self.stream.batch(step).lengths, num_ranks, c.capacity, self.cost,
+                         get_strategy(c.strategy, offload=c.offload), max_len=c.max_seq_len, seed=c.seed)
 
     def check_feasible(self, num_ranks: int) -> None:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
         longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
         try:
-            make_plan([longest], num_ranks, c.capacity, self.cost, strategy=c.strategy, offload=c.offload,
+            make_plan([longest], num_ranks, c.capacity, self.cost, get_strategy(c.strategy, offload=c.offload),
                       max_len=c.max_seq_len, seed=c.seed)
-        except ValueError as e:  # the planner speaks of --ranks; here the ranks are processes
-            raise ValueError(f"{e} (documents are cut at --max-seq-len {c.max_seq_len:,})".replace("--ranks", "--nproc")) from None
+        except PlanError as e:  # names make_plan's parameters; hdp train maps them to its flags
+            raise PlanError(f"{e.text} (documents are cut at {{max_len}} {c.max_seq_len:,})") from None
 
 
 def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float,

@@ -1,7 +1,7 @@
 """The simulator: replays plans through the cost model on a virtual cluster (no torch)."""
 
 from hdp.sim.cluster import Cluster
-from hdp.sim.step import StepResult, simulate_step
-from hdp.sim.strategies import SIM_STRATEGIES, plan_strategy
+from hdp.sim.compare import Simulation, simulate
+from hdp.sim.training_step import StepResult, simulate_step
 
-__all__ = ["Cluster", "SIM_STRATEGIES", "StepResult", "plan_strategy", "simulate_step"]
+__all__ = ["Cluster", "Simulation", "StepResult", "simulate", "simulate_step"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hdp.plan.sharding import PlanError
+
 NVLINK_GBPS = 450.0
 INTER_GBPS = 50.0
 NVLINK_LATENCY_US = 2.0
@@ -42,19 +44,20 @@ class Cluster:
     inter_latency_s: float = INTER_LATENCY_US * 1e-6
 
     def __post_init__(self) -> None:
-        for flag, v in (("--gpus", self.gpus), ("--tp", self.tp), ("--pp", self.pp),
-                        ("--gpus-per-node", self.gpus_per_node)):
-            if v < 1:
-                raise ValueError(f"{flag} must be >= 1, got {v}")
+        """Errors name the fields in braces (``hdp.plan.PlanError``); ``hdp simulate`` spells them as flags."""
+        for name in ("gpus", "tp", "pp", "gpus_per_node"):
+            if getattr(self, name) < 1:
+                raise PlanError(f"{{{name}}} must be >= 1, got {getattr(self, name)}")
         if self.gpus % (self.tp * self.pp):
-            raise ValueError(
-                f"--gpus {self.gpus} is not divisible by --tp x --pp = {self.tp * self.pp}: "
+            raise PlanError(
+                f"{{gpus}} {self.gpus} is not divisible by {{tp}} x {{pp}} = {self.tp * self.pp}: "
                 "every HDP rank needs tp*pp GPUs")
-        for flag, v in (("--nvlink-gbps", self.nvlink_gbps), ("--inter-gbps", self.inter_gbps)):
-            if v <= 0:
-                raise ValueError(f"{flag} must be > 0, got {v}")
-        if self.nvlink_latency_s < 0 or self.inter_latency_s < 0:
-            raise ValueError("--nvlink-latency-us and --inter-latency-us must be >= 0")
+        for name in ("nvlink_gbps", "inter_gbps"):
+            if getattr(self, name) <= 0:
+                raise PlanError(f"{{{name}}} must be > 0, got {getattr(self, name)}")
+        for name in ("nvlink_latency_s", "inter_latency_s"):
+            if getattr(self, name) < 0:
+                raise PlanError(f"{{{name}}} must be >= 0")
 
     @property
     def num_ranks(self) -> int:
@@ -67,18 +70,6 @@ class Cluster:
 
     def node(self, rank: int, stage: int = 0) -> int:
         return (rank * self.tp * self.pp + stage * self.tp) // self.gpus_per_node
-
-    def same_node(self, a: int, b: int) -> bool:
-        """Do GPU j of rank a and GPU j of rank b share a node (for every j)?"""
-        if self.gpus_per_rank > self.gpus_per_node:
-            return a == b
-        return self.node(a) == self.node(b)
-
-    def link(self, a: int, b: int) -> tuple[float, float]:
-        """(bytes/s, latency s) between matching GPUs of HDP ranks a and b."""
-        if self.same_node(a, b):
-            return self.nvlink_gbps * 1e9, self.nvlink_latency_s
-        return self.inter_gbps * 1e9, self.inter_latency_s
 
     def ring_link(self, members: tuple[int, ...]) -> tuple[float, float]:
         """The slowest neighbour link of a ring: every block step waits for it."""

@@ -1,6 +1,6 @@
 """Time of one micro-batch on one HDP rank (one pipeline stage): compute and exposed communication.
 
-* Compute: the planner's cost model (``hdp.plan.draft.micro_batch_time``; already divided by tp).
+* Compute: the planner's estimate (``hdp.plan.estimate.micro_batch_time``; already divided by tp).
 * Tensor parallelism: 2 all-reduces forward and 2 backward per layer of the micro-batch's
   activations (tokens x h, bf16), not overlapped (Megatron without comm/compute overlap).
 * Ring attention: per layer a ring of k members runs k block steps forward and k backward. While
@@ -8,7 +8,7 @@
   2 * kv_dim * 2 bytes; backward: K/V plus dK/dV, twice that). Each of the k-1 transfer steps
   exposes max(0, transfer - block compute). Rings of one micro-batch with the same size share the
   steps (a static CP group runs one ring over its packed buffer: transfers and compute add up).
-* Offloading: ``offload_ratio`` of the l-2 middle layers copy activations to the host during the
+* Offloading: the micro-batch's ``offload_layers`` copy activations to the host during the
   forward and back during the backward on their own copy lane; only a copy longer than the compute
   it overlaps is exposed.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
+from hdp.plan.estimate import micro_batch_time, ring_key
+from hdp.plan.sharding import num_offload_layers
 from hdp.plan.types import MicroBatch, Plan
 from hdp.sim.cluster import Cluster
 
@@ -57,8 +59,7 @@ class MicroBatchTimer:
 
     def __call__(self, mb: MicroBatch) -> MicroBatchTime:
         if mb.rings:
-            ring_seqs = {self.plan.rings[g].seq for g in mb.rings}
-            key = (mb.rings, tuple(s.seq for s in mb.segments if s.seq not in ring_seqs), mb.offload_ratio)
+            key = (*ring_key(self.plan, mb), mb.offload_layers, mb.offload_ratio)
             hit = self._ring_cache.get(key)
             if hit is None:
                 hit = self._ring_cache[key] = self._time(mb)
@@ -68,19 +69,12 @@ class MicroBatchTimer:
     def _time(self, mb: MicroBatch) -> MicroBatchTime:
         cost, plan = self.cost, self.plan
         layers = cost.layers
-        ring_seqs = {plan.rings[g].seq: g for g in mb.rings}
-        compute = cost.micro_batch_overhead(max((plan.rings[g].size for g in mb.rings), default=1))
-        tokens = 0
-        for s in mb.segments:
-            tokens += s.num_tokens
-            if s.seq not in ring_seqs:
-                compute += cost.seq_time(s.num_tokens)
+        compute = micro_batch_time(plan, mb, cost)
         # Rings grouped by size: (kv bytes per step, fwd attention per step, bwd per step, bw, lat).
         groups: dict[int, list[float]] = {}
-        for seq, g in ring_seqs.items():
+        for g in mb.rings:
             ring = plan.rings[g]
-            k, length = ring.size, plan.sequences[seq].length
-            compute += cost.seq_time(length, k)
+            k, length = ring.size, plan.sequences[ring.seq].length
             attn = cost.attn_layer_time(length, doc_len=length / (2 * k)) / k  # this member, one layer
             bw, lat = self._links[g]
             acc = groups.setdefault(k, [0.0, 0.0, 0.0, float("inf"), 0.0])
@@ -94,12 +88,13 @@ class MicroBatchTimer:
             step_f = max(0.0, lat + kv / bw - fwd)
             step_b = max(0.0, lat + 2 * kv / bw - bwd)
             ring_comm += layers * (k - 1) * (step_f + step_b)
-        tp_comm = layers * 4 * self.cluster.tp_all_reduce(tokens * self._act_bytes_per_token)
+        tp_comm = layers * 4 * self.cluster.tp_all_reduce(mb.num_tokens * self._act_bytes_per_token)
         offload = 0.0
-        if mb.offload_ratio > 0 and layers > 2:
+        # Plans written before offload_layers existed carry only the ratio.
+        copied_layers = mb.offload_layers or num_offload_layers(mb.offload_ratio, layers)
+        if copied_layers and layers > 2:
             dev = cost.device
-            copied_layers = round(mb.offload_ratio * (layers - 2))
-            act = copied_layers * cost.act_bytes(tokens)
+            act = copied_layers * cost.act_bytes(mb.num_tokens)
             fwd_compute = self._fwd_share * compute
             offload = max(0.0, act / (dev.d2h_gbps * 1e9) - fwd_compute)
             offload += max(0.0, act / (dev.h2d_gbps * 1e9) - (compute - fwd_compute))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from hdp.sim.step import StepResult
+from hdp.sim.training_step import StepResult
 
 COLORS = {"compute": "#4C72B0", "comm": "#C44E52", "grad_sync": "#8172B2", "ring_wait": "#BBBBBB",
           "pp_bubble": "#DD8452", "dp_bubble": "#E5E5E5"}
@@ -87,7 +87,8 @@ def breakdown_bars(table: dict[str, dict[str, float]], path: str, title: str) ->
         ax.bar(names, vals, bottom=bottom, color=COLORS[kind], label=LABELS[kind])
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, n in enumerate(names):
-        ax.text(i, bottom[i], f"{table[n]['speedup_vs_static']:.2f}x", ha="center", va="bottom", fontsize=9)
+        if table[n]["speedup_vs_static"] is not None:
+            ax.text(i, bottom[i], f"{table[n]['speedup_vs_static']:.2f}x", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("step time (s), mean over ranks")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hdp.sim.step import StepResult
+from hdp.sim.training_step import StepResult
 
 CATEGORIES = ("compute", "comm", "grad_sync", "ring_wait", "pp_bubble", "dp_bubble")
 
@@ -44,9 +44,10 @@ def summarise(results: list[StepResult], gpus: int, peak_tflops: float, planning
 
 
 def add_speedups(table: dict[str, dict[str, float]]) -> None:
+    """Speedup over the static baseline; None when static is not in the table."""
     base = table.get("static", {}).get("step_time_s")
     for row in table.values():
-        row["speedup_vs_static"] = base / row["step_time_s"] if base else float("nan")
+        row["speedup_vs_static"] = base / row["step_time_s"] if base else None  # type: ignore[assignment]
 
 
 def format_table(table: dict[str, dict[str, float]], title: str) -> str:
@@ -56,7 +57,7 @@ def format_table(table: dict[str, dict[str, float]], title: str) -> str:
     lines = [title, head, "-" * len(head)]
     for name, r in table.items():
         sp = r["speedup_vs_static"]
-        speedup = f"{sp:>7.2f}x" if sp == sp else f"{'n/a':>8}"
+        speedup = f"{sp:>7.2f}x" if sp is not None else f"{'n/a':>8}"
         lines.append(
             f"{name:<12} {r['step_time_s']:>9.3f} {speedup} {r['model_tflops_per_gpu']:>8.3g} "
             f"{r['mfu']:>6.1%} {r['compute_frac']:>8.1%} {r['exposed_comm_frac']:>6.1%} {r['idle_frac']:>6.1%} "

@@ -1,32 +1,49 @@
-"""The planner options the simulator added: make_plan(offload_cap=True) and make_plan(widen=True)."""
+"""The strategy table's offload cap, and the benchmark-only variants that lost (benchmarks/variants.py)."""
 
 from __future__ import annotations
 
-from hdp.plan import build_cost_model, make_plan
+import importlib.util
+import sys
+from pathlib import Path
+
+from hdp.plan import STRATEGIES, build_cost_model, get_strategy, make_plan
 from hdp.plan.validate import violations
 from hdp.sim import Cluster, simulate_step
 
 COST = build_cost_model("llama-7b")
 LENGTHS = [400_000] + [3_000] * 400 + [20_000] * 40  # one long sequence, many short ones
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def variants():
+    spec = importlib.util.spec_from_file_location("bench_variants", ROOT / "benchmarks" / "variants.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_offload_cap_keeps_the_long_ring_within_the_bound():
-    free = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True, offload_cap=False)
-    capped = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True)
+    free = make_plan(LENGTHS, 64, 10_000, COST, variants().HDP_UNCAPPED)
+    capped = make_plan(LENGTHS, 64, 10_000, COST, "hdp")
     assert violations(free) == [] and violations(capped) == []
-    assert capped.max_ring >= free.max_ring
+    assert free.strategy == "hdp-uncapped"
+    assert capped.max_ring > free.max_ring
     cl = Cluster(64)
-    assert simulate_step(capped, COST, cl).step_time_s <= simulate_step(free, COST, cl).step_time_s
+    assert simulate_step(capped, COST, cl).step_time_s < simulate_step(free, COST, cl).step_time_s
 
 
-def test_defaults_are_capped_offload_without_widening():
-    a = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True)
-    b = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", offload=True, offload_cap=True, widen=False)
-    assert a.fingerprint == b.fingerprint
-
-
-def test_widen_gives_the_long_ring_more_ranks():
-    plan = make_plan(LENGTHS, 64, 10_000, COST, strategy="hdp", widen=True)
-    assert plan.strategy == "hdp-wide"
+def test_widen_gives_the_long_ring_more_ranks_and_does_not_claim_fewest():
+    plan = variants().plan_wide(LENGTHS, 64, 10_000, COST)
+    assert plan.strategy == "hdp-wide" and "fewest_ranks" not in plan.extra
     assert plan.max_ring > 40  # ceil(400K / 10K) = 40 at the fewest
-    assert [v for v in violations(plan) if "fewest" not in v.lower()] == []
+    assert violations(plan) == []  # rule 4 is not claimed, so not checked
+
+
+def test_old_offload_flag_picks_the_offloading_sibling():
+    assert get_strategy("hdp-naive", offload=True) is STRATEGIES["hdp-offload"]
+    assert get_strategy("hdp-balance", offload=True) is STRATEGIES["hdp"]
+    assert get_strategy("hdp", offload=True) is STRATEGIES["hdp"]
+    a = make_plan(LENGTHS, 64, 10_000, COST, get_strategy("hdp-balance", offload=True))
+    assert a.to_json() == make_plan(LENGTHS, 64, 10_000, COST, "hdp").to_json()

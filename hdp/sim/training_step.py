@@ -1,7 +1,7 @@
 """Discrete-event model of one training step of a plan.
 
 Each HDP rank runs its micro-batches in plan order (``hdp.plan.replay``: a ring micro-batch starts
-when its last member arrives, PLAN_FORMAT rule 5); a micro-batch lasts its compute plus exposed
+when its last member arrives, docs/plan-format.md rule 5); a micro-batch lasts its compute plus exposed
 communication (``microbatch.py``). With pipelines a rank's micro-batches also pay the 1F1B bubble
 (``pipeline.py``). All ranks then meet at the gradient all-reduce, so the step ends at the slowest
 rank plus the all-reduce. Every rank's step time splits exactly into
@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 
 from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
+from hdp.plan.estimate import time_bound
 from hdp.plan.replay import replay
 from hdp.plan.types import Plan
-from hdp.plan.draft import time_bound
 from hdp.sim.cluster import Cluster
 from hdp.sim.microbatch import BF16, MicroBatchTime, MicroBatchTimer
 from hdp.sim.pipeline import one_f_one_b
@@ -40,7 +40,8 @@ class StepResult:
     step_time_s: float
     grad_sync_s: float
     lower_bound_s: float
-    """Plan-independent bound: compute of every sequence on its fewest ranks (PLAN_FORMAT) + sync."""
+    """Plan-independent bound: compute of every sequence on ceil(L / C) ranks (docs/plan-format.md),
+    with the pipeline drain when pp > 1, + sync."""
     ranks: tuple[RankBreakdown, ...]
     starts: tuple[tuple[float, ...], ...]
     """Start of every micro-batch, per rank (for timelines)."""
@@ -104,7 +105,8 @@ def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster) -> StepResult:
         strategy=plan.strategy,
         step_time_s=end + sync,
         grad_sync_s=sync,
-        lower_bound_s=time_bound([s.length for s in plan.sequences], plan.num_ranks, plan.capacity_tokens, cost) + sync,
+        lower_bound_s=time_bound([s.length for s in plan.sequences], plan.num_ranks, plan.capacity_tokens, cost,
+                                 cluster.pp) + sync,
         ranks=tuple(ranks),
         starts=rep.starts,
         times=tuple(times),

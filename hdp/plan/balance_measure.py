@@ -1,7 +1,7 @@
 """What the balance scheduler balances: a per-rank weight for a whole sequence or a ring share.
 
 ``TimeWeights`` is the cost model (seconds on the device, with its short-sequence attention penalty
-and per-micro-batch overheads). ``WorkWeights`` is PLAN_FORMAT's work measure (a token at position p
+and per-micro-batch overheads). ``WorkWeights`` is docs/plan-format.md's work measure (a token at position p
 costs 1 + a*(p+1)), which outside tools use to compare plans.
 """
 

@@ -1,0 +1,48 @@
+"""Flags shared by the subcommands, and how each command names the planner's parameters.
+
+One concept has one flag name in every command; the spellings that came before stay as aliases
+(``--max-seq-len`` for ``--max-len``, ``--stages`` for ``--pp``, ``--cost-model`` for ``--profile``,
+``--nproc`` for ``--ranks``). The library's errors name ``make_plan``'s parameters in braces
+(``hdp.plan.PlanError``); ``user_error`` spells them as the running command's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Mapping
+
+from hdp.plan.model_config import DEFAULT_MODEL, PRESETS
+from hdp.plan.sharding import PlanError
+from hdp.plan.strategies import strategy_table
+
+PLAN_FLAGS = {"num_ranks": "--ranks", "capacity": "--capacity", "max_len": "--max-len"}
+SIMULATE_FLAGS = {"num_ranks": "--gpus (or --ranks)", "capacity": "--capacity", "max_len": "--max-len",
+                  "gpus": "--gpus", "tp": "--tp", "pp": "--pp", "gpus_per_node": "--gpus-per-node",
+                  "nvlink_gbps": "--nvlink-gbps", "inter_gbps": "--inter-gbps",
+                  "nvlink_latency_s": "--nvlink-latency-us", "inter_latency_s": "--inter-latency-us"}
+TRAIN_FLAGS = {"num_ranks": "--nproc", "capacity": "--capacity", "max_len": "--max-seq-len"}
+
+
+def user_error(e: PlanError, flags: Mapping[str, str]) -> ValueError:
+    """The planner's error with the command's flag names."""
+    return ValueError(e.message(flags))
+
+
+def add_max_len(p: argparse.ArgumentParser, help_text: str, default: int | None = None, dest: str = "max_len") -> None:
+    p.add_argument("--max-len", "--max-seq-len", dest=dest, type=int, default=default, metavar="L", help=help_text)
+
+
+def add_pp(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--pp", "--stages", dest="pp", type=int, default=1, metavar="P", help=help_text)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=list(PRESETS), help=f"model preset (default {DEFAULT_MODEL})")
+    p.add_argument("--profile", "--cost-model", dest="profile", metavar="PROFILE", default=None,
+                   help="device profile: a shipped name or a JSON file (default: the shipped H100 SXM 80GB calibration)")
+
+
+def with_strategy_table(p: argparse.ArgumentParser) -> None:
+    """Print the strategy table under ``--help``."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = strategy_table()

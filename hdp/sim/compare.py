@@ -1,0 +1,65 @@
+"""Plan and simulate several strategies over several steps: the library entry point of ``hdp simulate``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from hdp.plan.cost import CostModel
+from hdp.plan.planner import make_plan
+from hdp.plan.sharding import PlanError
+from hdp.plan.strategies import Strategy, get_strategy
+from hdp.sim.cluster import Cluster
+from hdp.sim.report import add_speedups, summarise
+from hdp.sim.training_step import StepResult, simulate_step
+
+
+@dataclass
+class Simulation:
+    table: dict[str, dict[str, float]]
+    """strategy -> summary (means over steps)."""
+    last: dict[str, StepResult]
+    """strategy -> the last step's result (for timelines)."""
+    simulation_time_s: float
+    """Wall time of planning and simulating everything."""
+    skipped: dict[str, PlanError] = field(default_factory=dict)
+    """strategy -> why it cannot plan the batches on this cluster (it is left out of the table)."""
+
+
+def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capacity: int,
+             strategies: Sequence[str | Strategy], max_len: int | None, seed: int = 0,
+             on_plan: Callable[[str, int], None] | None = None) -> Simulation:
+    """Plan every batch with every strategy (``hdp.plan.strategies``) and time the plans.
+
+    A strategy that cannot hold some batch on this cluster (a static mesh with no divisor large
+    enough, say) is skipped, with the planner's reason in ``skipped``; the others still run."""
+    if cost.tp != cluster.tp or cost.pp != cluster.pp:
+        raise ValueError("the cost model and the cluster disagree on tp/pp")
+    start = time.perf_counter()
+    table: dict[str, dict[str, float]] = {}
+    last: dict[str, StepResult] = {}
+    skipped: dict[str, PlanError] = {}
+    for strategy in map(get_strategy, strategies):
+        name = strategy.name
+        results = []
+        planning = 0.0
+        rings = max_ring = 0
+        try:
+            for step, lengths in enumerate(batches):
+                t0 = time.perf_counter()
+                plan = make_plan(lengths, cluster.num_ranks, capacity, cost, strategy, max_len=max_len, seed=seed + step)
+                planning += time.perf_counter() - t0
+                results.append(simulate_step(plan, cost, cluster))
+                rings += len(plan.rings)
+                max_ring = max(max_ring, plan.max_ring)
+                if on_plan:
+                    on_plan(name, step)
+        except PlanError as e:
+            skipped[name] = e
+            continue
+        table[name] = summarise(results, cluster.gpus, cost.device.peak_tflops, planning / len(batches),
+                                max_ring, rings // len(batches))
+        last[name] = results[-1]
+    add_speedups(table)
+    return Simulation(table, last, time.perf_counter() - start, skipped)
