@@ -195,6 +195,11 @@ class Reporter:
         self.config, self.enabled = config, enabled
         self.records: list[dict[str, Any]] = []
         self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
+        self._tensorboard = None
+        if enabled and config.tensorboard:
+            from hdp.runtime.tensorboard import TensorBoardLog
+
+            self._tensorboard = TensorBoardLog(config.tensorboard)
         self._progress = None
         if enabled and config.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -211,6 +216,8 @@ class Reporter:
         if self._file:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.write(record)
         if self._progress is not None:
             self._progress.update(self._task, advance=1,
                                   description=f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s")
@@ -222,6 +229,9 @@ class Reporter:
         if self._file:
             self._file.close()
             self._file = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def summary(self) -> None:
         if not self.enabled or not self.config.progress or not self.records:
