@@ -22,4 +22,3 @@ def test_quick_gpu_calibration_loads(tmp_path):
     prof = load_profile(str(out))
     assert prof.mem_total_gib > 1 and prof.d2h_gbps > 0.5 and prof.h2d_gbps > 0.5  # pinned PCIe/NVLink-C2C, not pageable
     assert all(v > 0 for _, v in prof.gemm_tflops + prof.attn_tflops)
-    assert prof.name == torch.cuda.get_device_name().lower().replace(" ", "-") or prof.name
