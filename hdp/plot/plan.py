@@ -57,13 +57,20 @@ class PlanPicture:
 
 
 def _segment_weights(plan: Plan, mb, cost: CostModel) -> list[tuple[int, int | None, float]]:
-    """(seq, ring id, cost-model time) of each segment: how the micro-batch's bar is divided."""
+    """(seq, ring id, cost-model time) of each sequence in the micro-batch: how its bar is divided.
+
+    A ring member's two zig-zag pieces are one share (its ring time), as in ``micro_batch_time``."""
     ring_of = {plan.rings[g].seq: g for g in mb.rings}
-    out = []
+    out, seen = [], set()
     for s in mb.segments:
         g = ring_of.get(s.seq)
-        t = cost.seq_time(plan.sequences[s.seq].length, plan.rings[g].size) if g is not None else cost.seq_time(s.num_tokens)
-        out.append((s.seq, g, t))
+        if g is not None:
+            if s.seq in seen:
+                continue
+            seen.add(s.seq)
+            out.append((s.seq, g, cost.seq_time(plan.sequences[s.seq].length, plan.rings[g].size)))
+        else:
+            out.append((s.seq, None, cost.seq_time(s.num_tokens)))
     return out
 
 

@@ -44,9 +44,14 @@ def test_plan_picture_rows_bars_and_times_come_from_the_plan(ranks, rows, tmp_pa
     assert pic.predicted_s == pytest.approx(plan.predicted_step_time_s, rel=1e-9)  # the planner's own estimate
     assert pic.lower_bound_s == pytest.approx(plan.lower_bound_s, rel=1e-9)
     assert max(pic.finish) == pytest.approx(pic.predicted_s)
-    if ranks == 8:  # one bar per segment of every micro-batch; ring pieces carry their ring
-        segments = [(r.rank, s.seq) for r in plan.ranks for mb in r.micro_batches for s in mb.segments]
-        assert [(b.row, b.seq) for b in pic.bars] == segments
+    if ranks == 8:  # one bar per sequence of every micro-batch (a ring member's two pieces are one)
+        shares = [(r.rank, seq) for r in plan.ranks for mb in r.micro_batches
+                  for seq in dict.fromkeys(s.seq for s in mb.segments)]
+        assert [(b.row, b.seq) for b in pic.bars] == shares
+        for r, rp in enumerate(plan.ranks):  # the bars of a rank add up to its micro-batches' times
+            mine = [b for b in pic.bars if b.row == r]
+            if mine:
+                assert mine[-1].start + mine[-1].width == pytest.approx(pic.finish[r])
         assert {b.ring for b in pic.bars if b.ring is not None} == set(range(len(plan.rings)))
     else:  # aggregated: 16 ranks per row; busy shares are fractions of rank-time
         assert pic.ranks_per_row == 16 and not pic.bars
