@@ -14,6 +14,8 @@ COMMANDS = {
     "plan": ("hdp.commands.plan", "plan one global batch and write a hdp.plan/1 file"),
     "train": ("hdp.commands.train", "train on the planned meshes (local CPU processes or torchrun)"),
     "simulate": ("hdp.commands.simulate", "time plans of every strategy on a virtual cluster"),
+    "calibrate": ("hdp.commands.calibrate", "measure the local device and write a profile for --profile"),
+    "plot": ("hdp.commands.plot", "draw a length distribution, a plan or a training run (PNG)"),
 }
 
 

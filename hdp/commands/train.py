@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write every metric as TensorBoard scalars here (rank 0; needs the tensorboard package)")
     with_strategy_table(p)
 
 
@@ -47,13 +49,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model, dtype=args.dtype, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
         capacity=args.capacity, max_seq_len=args.max_seq_len, strategy=args.strategy, seed=args.seed, lr=args.lr,
         timeout_s=args.timeout, offload=args.offload, offload_ratio=args.offload_ratio, data=args.data, metrics=args.metrics,
-        progress=not args.no_progress,
+        progress=not args.no_progress, tensorboard=args.tensorboard,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from hdp.runtime.launch import launch
 
+    if args.tensorboard:
+        from hdp.runtime.tensorboard import check_tensorboard_dir
+
+        check_tensorboard_dir(args.tensorboard)
     try:
         return launch(config_from_args(args), args.nproc)
     except PlanError as e:

@@ -75,6 +75,11 @@ def small() -> ModelConfig:
     return ModelConfig("small", hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, ffn_size=688, vocab_size=256)
 
 
+def llama_1b() -> ModelConfig:
+    """TinyLlama-1.1B's shapes: the ~1B model one GPU trains at 32K tokens (benchmarks/gpu_check.py)."""
+    return ModelConfig("llama-1b", 2048, 22, 32, 4, 5632, 32000)
+
+
 def llama_7b() -> ModelConfig:
     return ModelConfig("llama-7b", 4096, 32, 32, 32, 11008, 32000)
 
@@ -94,6 +99,7 @@ def llama_70b() -> ModelConfig:
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "tiny": tiny,
     "small": small,
+    "llama-1b": llama_1b,
     "llama-7b": llama_7b,
     "llama-13b": llama_13b,
     "llama-30b": llama_30b,

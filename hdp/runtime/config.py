@@ -42,6 +42,8 @@ class TrainConfig:
     """Corpus directory or file; None: the Python standard library's source."""
     metrics: str | None = None
     """JSONL file, one object per step (written by rank 0)."""
+    tensorboard: str | None = None
+    """Directory for TensorBoard event files (rank 0 writes every metric as a scalar)."""
     progress: bool = True
     """Rich progress bar and summary on rank 0."""
 

@@ -22,6 +22,9 @@ from hdp.data.batches import BatchStream
 from hdp.data.corpus import VOCAB_SIZE, load_corpus
 from hdp.plan import PlanError, build_cost_model, get_model, get_strategy, make_plan
 from hdp.plan.cost import CostModel
+from hdp.plan.device import load_profile
+from hdp.plan.flops import batch_flops, mfu, tflops_per_device
+from hdp.plan.model_config import ModelConfig
 from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.model import build_model
@@ -30,6 +33,7 @@ from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
 EXIT_PEER_FAILURE = 3
+CPU_PROFILE = "cpu-small-1t"
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,10 @@ class Run:
 
 
 def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float,
-                   offloaded_bytes: int = 0) -> dict[str, Any]:
+                   offloaded_bytes: int = 0, *, model: ModelConfig | None = None,
+                   peak_tflops: float | None = None) -> dict[str, Any]:
     counts = [len(rp.micro_batches) for rp in plan.ranks]
-    return {
+    record = {
         "step": step,
         "loss": result.loss,
         "grad_norm": result.grad_norm,
@@ -82,6 +87,24 @@ def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float
         "micro_batches_max": max(counts),
         "offloaded_bytes": offloaded_bytes,
     }
+    if model is not None and peak_tflops is not None:
+        record.update(mfu_record(model, plan, step_time_s, peak_tflops))
+    return record
+
+
+def mfu_record(model: ModelConfig, plan: Plan, step_time_s: float, peak_tflops: float) -> dict[str, float]:
+    """``tflops_per_device`` and ``mfu`` of a step: causal attention within each document (hdp.plan.flops)."""
+    flops = batch_flops(model, (s.length for s in plan.sequences)).total
+    return {"tflops_per_device": tflops_per_device(flops, step_time_s, plan.num_ranks),
+            "mfu": mfu(flops, step_time_s, plan.num_ranks, peak_tflops)}
+
+
+def peak_tflops_for(device: torch.device, cost: CostModel) -> float:
+    """The peak MFU is measured against: the run's device profile on an accelerator; on CPU the shipped
+    CPU profile's (its best measured GEMM rate on one thread), since the default profile is an H100's."""
+    if device.type == "cpu":
+        return load_profile(CPU_PROFILE).peak_tflops
+    return cost.device.peak_tflops
 
 
 def pick_device(local_rank: int, use_accelerator: bool) -> torch.device:
@@ -149,6 +172,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
                                  act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
     reporter = Reporter(config, enabled=rank == 0)
+    peak = peak_tflops_for(device, run.cost)
     try:
         for step in range(config.steps):
             start = time.perf_counter()
@@ -156,7 +180,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
                                 timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
             copied = offload.offloaded_bytes if offload else 0
-            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied))
+            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied,
+                                         model=model.cfg, peak_tflops=peak))
     finally:
         reporter.close()
     reporter.summary()
@@ -170,6 +195,11 @@ class Reporter:
         self.config, self.enabled = config, enabled
         self.records: list[dict[str, Any]] = []
         self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
+        self._tensorboard = None
+        if enabled and config.tensorboard:
+            from hdp.runtime.tensorboard import TensorBoardLog
+
+            self._tensorboard = TensorBoardLog(config.tensorboard)
         self._progress = None
         if enabled and config.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -186,6 +216,8 @@ class Reporter:
         if self._file:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.write(record)
         if self._progress is not None:
             self._progress.update(self._task, advance=1,
                                   description=f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s")
@@ -197,6 +229,9 @@ class Reporter:
         if self._file:
             self._file.close()
             self._file = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def summary(self) -> None:
         if not self.enabled or not self.config.progress or not self.records:
@@ -212,6 +247,9 @@ class Reporter:
         t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
         t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")
+        if "mfu" in recs[0]:
+            t.add_row("MFU (after step 0)", f"{sum(r['mfu'] for r in timed) / len(timed):.1%} "
+                                            f"({sum(r['tflops_per_device'] for r in timed) / len(timed):.3g} TFLOP/s per device)")
         t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
         t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
                                             f"{max(r['micro_batches_max'] for r in recs)}")

@@ -15,7 +15,7 @@ from hdp.cli import main
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRIC_KEYS = {"step", "loss", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "strategy", "rings", "max_ring",
-               "micro_batches_min", "micro_batches_max", "offloaded_bytes"}
+               "micro_batches_min", "micro_batches_max", "offloaded_bytes", "tflops_per_device", "mfu"}
 
 
 def hdp_train(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
