@@ -23,7 +23,10 @@ from hdp.data.corpus import VOCAB_SIZE, load_corpus
 from hdp.plan import build_cost_model, get_model, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.types import Plan
+from hdp.plan.memory import state_bytes as planned_state_bytes
 from hdp.runtime.config import TrainConfig
+from hdp.runtime.lr_schedule import lr_at
+from hdp.runtime.memory_stats import memory_record
 from hdp.runtime.model import build_model
 from hdp.runtime.offload import OffloadSession
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
@@ -142,8 +145,13 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     run.check_feasible(world_size)
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
-    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed)
-    optimizer = build_optimizer(model, config.lr, config.weight_decay)
+    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed,
+                        recompute=config.recompute == "full")
+    zero = config.zero_for(world_size)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
+    planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
+    fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
+             "planned_state_bytes": planned}
     offload = None
     if config.offload or config.offload_ratio is not None:
         offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
@@ -153,10 +161,14 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         for step in range(config.steps):
             start = time.perf_counter()
             plan = run.plan(step, world_size)
+            lr = lr_at(step, lr=config.lr, steps=config.steps, schedule=config.lr_schedule,
+                       warmup_steps=config.warmup_steps, min_lr=config.final_lr)
             result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
-                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
+                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload, lr=lr)
             copied = offload.offloaded_bytes if offload else 0
-            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied))
+            elapsed = time.perf_counter() - start
+            reporter.step({**metrics_record(step, plan, result, elapsed, copied), "lr": lr, **fixed,
+                           **memory_record(optimizer, device)})
     finally:
         reporter.close()
     reporter.summary()
