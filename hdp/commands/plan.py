@@ -32,6 +32,21 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="device profile JSON (default: the shipped H100 SXM 80GB calibration)")
 
 
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """What the derived capacity and the cost model assume of the runtime (shared with ``hdp simulate``)."""
+    p.add_argument("--zero", type=int, choices=(0, 1, 2), default=1,
+                   help="optimizer-state sharding the runtime uses (hdp train --zero; default 1)")
+    p.add_argument("--recompute", choices=("none", "full"), default="none",
+                   help="full: layers keep only their input and recompute in backward (more capacity, "
+                        "an extra forward in the cost model; default none)")
+
+
+def check_memory_arguments(args: argparse.Namespace) -> None:
+    if args.recompute == "full" and getattr(args, "offload", False):
+        raise ValueError("--recompute full keeps only each layer's input, so offloading has nothing to move: "
+                         "drop --offload or use --recompute none")
+
+
 def load_workload(args: argparse.Namespace) -> tuple[list[int], int | None]:
     """(lengths, max_len) from ``--lengths`` or a synthetic distribution."""
     if args.lengths:
@@ -52,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the scheduler equalises: PLAN_FORMAT's work measure (default) or cost-model time")
     p.add_argument("--stages", type=int, default=1, help="pipeline stages per HDP rank (with --balance pp)")
     p.add_argument("--offload", action="store_true", help="selective activation offloading for long sequences")
+    add_memory_arguments(p)
     p.add_argument("--out", metavar="PLAN_JSON", help="write the plan here (hdp.plan/1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
@@ -125,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--stages must be >= 1, got {args.stages}")
     if args.balance == "dp" and args.stages != 1:
         raise ValueError("--stages needs --balance pp")
+    check_memory_arguments(args)
     lengths, max_len = load_workload(args)
-    cost = build_cost_model(args.model, args.cost_model, pp=args.stages)
+    cost = build_cost_model(args.model, args.cost_model, pp=args.stages, zero=args.zero, recompute=args.recompute)
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from hdp.commands.plan import add_model_arguments, add_workload_arguments
+from hdp.commands.plan import add_memory_arguments, add_model_arguments, add_workload_arguments
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import build_cost_model
 from hdp.plan.model_config import get_model
@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per HDP rank per micro-batch (default: derived from device memory and the model)")
     p.add_argument("--strategies", default="all",
                    help=f"comma-separated subset of {','.join(SIM_STRATEGIES)}, or all (default all)")
+    add_memory_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
 
@@ -59,7 +60,7 @@ def build(args: argparse.Namespace):
         raise ValueError(f"--tp {args.tp} does not divide {model.name}'s {model.num_heads} attention heads")
     cluster = Cluster(args.gpus, args.tp, args.pp, args.gpus_per_node, args.nvlink_gbps, args.inter_gbps,
                       args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
-    cost = build_cost_model(model, args.cost_model, tp=args.tp, pp=args.pp)
+    cost = build_cost_model(model, args.cost_model, tp=args.tp, pp=args.pp, zero=args.zero, recompute=args.recompute)
     if args.capacity is not None:
         if args.capacity < 1:
             raise ValueError(f"--capacity must be >= 1 token, got {args.capacity}")

@@ -7,6 +7,7 @@ stderr naming the rank and what is wrong, and a non-zero return code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -49,7 +50,7 @@ class Run:
         if cfg.vocab_size < VOCAB_SIZE:
             raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
         stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(config.model))
+        return cls(config, stream, build_cost_model(config.model, recompute=config.recompute, dtype=config.dtype))
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
@@ -60,6 +61,8 @@ class Run:
     def check_feasible(self, num_ranks: int) -> None:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
+        # Model states + activations of --capacity tokens on the device the plan is costed for.
+        dataclasses.replace(self.cost, zero=c.zero_for(num_ranks)).check_fits(num_ranks, c.capacity)
         longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
         try:
             make_plan([longest], num_ranks, c.capacity, self.cost, strategy=c.strategy, offload=c.offload,
