@@ -17,7 +17,7 @@ class TrainConfig:
     model: str = "tiny"
     """Model preset (hdp.plan.model_config.PRESETS)."""
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
-    """Parameter and activation dtype."""
+    """Parameter and activation dtype; bfloat16 trains with fp32 master weights, moments and gradient reduction."""
     steps: int = 20
     global_batch_tokens: int = 4096
     """Tokens per step, whatever the number of ranks."""

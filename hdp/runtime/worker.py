@@ -230,6 +230,11 @@ class Reporter:
         t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
         t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
                                             f"{max(r['micro_batches_max'] for r in recs)}")
+        last = recs[-1]
+        if "state_bytes" in last:
+            t.add_row("model states per rank", f"{last['state_bytes'] / 1e6:,.1f} MB measured, "
+                                               f"{last['planned_state_bytes'] / 1e6:,.1f} MB planned (--zero {last['zero']}, "
+                                               f"{last['param_dtype']} params, {last['master_dtype']} optimizer)")
         if self.config.metrics:
             t.add_row("metrics", self.config.metrics)
         Console().print(t)

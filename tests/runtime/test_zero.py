@@ -158,7 +158,7 @@ def test_zero_0_1_2_and_recompute_equal_single_process_adamw_every_step(world, t
 @pytest.mark.timeout(60)
 def test_one_rank_without_a_process_group_equals_the_reference():
     ref = reference(4)
-    for zero in (0, 1, 2):
+    for zero in (1,):  # zero 1 on one rank is the whole buffer: the sharded code path without a group
         model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=0)
         opt = build_optimizer(model, LR, WD, zero=zero)
         for (plan, batch), want in zip(steps_for(4), ref):
