@@ -171,10 +171,3 @@ class ShardedAdamW:
         tensors = [*self.params, self.grad_buffer, self.grad_shard, self.master, self.exp_avg, self.exp_avg_sq]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
         return sum(storages.values())
-
-    def full_master(self) -> torch.Tensor:
-        """This rank's master shard placed in a zero vector of the whole flat size (tests, checkpoints)."""
-        out = torch.zeros(self.padded_numel, dtype=self.precision.master, device=self.device)
-        lo, hi = self.shard_range
-        out[lo:hi] = self.master
-        return out
