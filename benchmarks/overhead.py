@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     hdp_model = build_model(get_model(cfg.model), dtype=torch.float32, device=cpu, seed=0)
     plain_model = build_model(get_model(cfg.model), dtype=torch.float32, device=cpu, seed=0, attention=packed_doc_attention)
     hdp_opt = build_optimizer(hdp_model, cfg.lr)
-    plain_opt = build_optimizer(plain_model, cfg.lr)
+    plain_opt = torch.optim.AdamW(  # the textbook loop: torch's own AdamW, decay on matrices
+        [{"params": [p for p in plain_model.parameters() if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in plain_model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     hdp_times, plain_times = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()

@@ -42,6 +42,21 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="device profile: a shipped name or a JSON file (default: the shipped H100 SXM 80GB calibration)")
 
 
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """What the derived capacity and the cost model assume of the runtime (``hdp train``'s own flags)."""
+    p.add_argument("--zero", type=int, choices=(0, 1, 2), default=1,
+                   help="optimizer-state sharding the runtime uses (hdp train --zero; default 1)")
+    p.add_argument("--recompute", choices=("none", "full"), default="none",
+                   help="full: layers keep only their input and recompute in backward (more capacity, "
+                        "an extra forward in the cost model; default none)")
+
+
+def check_memory_arguments(args: argparse.Namespace) -> None:
+    if args.recompute == "full" and getattr(args, "offload", False):
+        raise ValueError("--recompute full keeps only each layer's input, so offloading has nothing to move: "
+                         "drop --offload or use --recompute none")
+
+
 def with_strategy_table(p: argparse.ArgumentParser) -> None:
     """Print the strategy table under ``--help``."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter

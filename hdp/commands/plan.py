@@ -9,7 +9,8 @@ import sys
 import tempfile
 import time
 
-from hdp.commands.flags import PLAN_FLAGS, add_max_len, add_model_arguments, add_pp, user_error, with_strategy_table
+from hdp.commands.flags import (PLAN_FLAGS, add_max_len, add_memory_arguments, add_model_arguments, add_pp,
+                                check_memory_arguments, user_error, with_strategy_table)
 from hdp.data.synthetic import DISTRIBUTIONS, read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, get_strategy, make_plan
 
@@ -47,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the scheduler equalises: docs/plan-format.md's work measure (default) or cost-model time")
     p.add_argument("--offload", action="store_true",
                    help="kept for old scripts: hdp-naive -> hdp-offload, hdp-balance -> hdp (hdp already offloads)")
+    add_memory_arguments(p)
     p.add_argument("--out", metavar="PLAN_JSON", help="write the plan here (hdp.plan/1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     with_strategy_table(p)
@@ -129,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.balance == "dp" and args.pp != 1:
         raise ValueError("--balance dp contradicts --pp > 1: drop --balance (pipelines are balanced when --pp > 1)")
     strategy = get_strategy(args.strategy, offload=args.offload).replace(balance_by=args.balance_by)
+    check_memory_arguments(args)
     lengths, max_len = load_workload(args)
-    cost = build_cost_model(args.model, args.profile, pp=args.pp)
+    cost = build_cost_model(args.model, args.profile, pp=args.pp, zero=args.zero, recompute=args.recompute)
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)

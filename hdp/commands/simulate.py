@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from hdp.commands.flags import SIMULATE_FLAGS, add_model_arguments, add_pp, user_error, with_strategy_table
+from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp, user_error,
+                                with_strategy_table)
 from hdp.commands.plan import add_workload_arguments
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, PlanError, build_cost_model
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per HDP rank per micro-batch (default: derived from device memory and the model)")
     p.add_argument("--strategies", default="all",
                    help=f"comma-separated subset of {','.join(STRATEGIES)} (table below), or all (default all)")
+    add_memory_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
     with_strategy_table(p)
@@ -83,7 +85,7 @@ def build(args: argparse.Namespace):
                           args.nvlink_latency_us * 1e-6, args.inter_latency_us * 1e-6)
     except PlanError as e:
         raise user_error(e, SIMULATE_FLAGS) from None
-    cost = build_cost_model(model, args.profile, tp=args.tp, pp=args.pp)
+    cost = build_cost_model(model, args.profile, tp=args.tp, pp=args.pp, zero=args.zero, recompute=args.recompute)
     if args.capacity is not None:
         if args.capacity < 1:
             raise ValueError(f"--capacity must be >= 1 token, got {args.capacity}")

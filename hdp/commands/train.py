@@ -39,6 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2), default=None,
+                   help="0: replicate optimizer states; 1: shard fp32 master weights and AdamW moments over all ranks; "
+                        "2: also keep only this rank's gradient shard (default 1 with more than one rank)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default=d.lr_schedule,
+                   help=f"learning-rate decay after warmup (default {d.lr_schedule})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup steps (default 0)")
+    p.add_argument("--min-lr", type=float, default=None, help="where the decay ends (default --lr / 10)")
+    p.add_argument("--recompute", choices=("none", "full"), default=d.recompute,
+                   help="full: recompute every layer's activations in backward (default none)")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write every metric as TensorBoard scalars here (rank 0; needs the tensorboard package)")
     with_strategy_table(p)
@@ -49,7 +58,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model, dtype=args.dtype, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
         capacity=args.capacity, max_seq_len=args.max_seq_len, strategy=args.strategy, seed=args.seed, lr=args.lr,
         timeout_s=args.timeout, offload=args.offload, offload_ratio=args.offload_ratio, data=args.data, metrics=args.metrics,
-        progress=not args.no_progress, tensorboard=args.tensorboard,
+        progress=not args.no_progress, tensorboard=args.tensorboard, zero=args.zero, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, min_lr=args.min_lr, recompute=args.recompute,
     )
 
 

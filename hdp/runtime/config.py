@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +19,7 @@ class TrainConfig:
     model: str = "tiny"
     """Model preset (hdp.plan.model_config.PRESETS)."""
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
-    """Parameter and activation dtype."""
+    """Parameter and activation dtype; bfloat16 trains with fp32 master weights, moments and gradient reduction."""
     steps: int = 20
     global_batch_tokens: int = 4096
     """Tokens per step, whatever the number of ranks."""
@@ -46,6 +47,16 @@ class TrainConfig:
     """Directory for TensorBoard event files (rank 0 writes every metric as a scalar)."""
     progress: bool = True
     """Rich progress bar and summary on rank 0."""
+    zero: int | None = None
+    """0: replicate parameters, gradients and AdamW states; 1: shard fp32 master weights and moments over
+    all ranks; 2: also keep only this rank's shard of the reduced gradient. None: 1 with more than one rank."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = 0
+    """Steps of linear warmup from lr / warmup_steps to lr."""
+    min_lr: float | None = None
+    """Where cosine and linear decay end; None: lr / 10."""
+    recompute: Literal["none", "full"] = "none"
+    """full: every layer's activations are recomputed in backward (torch.utils.checkpoint, non-reentrant)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -55,13 +66,36 @@ class TrainConfig:
         for name in ("steps", "global_batch_tokens", "capacity", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout_s}")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
-        if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:
+        if not 0 < self.timeout_s < math.inf:
+            raise ValueError(f"--timeout must be a finite number of seconds > 0, got {self.timeout_s}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"--min-lr must be in [0, --lr {self.lr:g}], got {self.min_lr}")
+        if not 0 <= self.weight_decay < math.inf or not 0 <= self.max_grad_norm < math.inf:
+            raise ValueError("weight decay and max grad norm must be finite numbers >= 0")
+        if self.zero is not None and self.zero not in (0, 1, 2):
+            raise ValueError(f"--zero must be 0, 1 or 2, got {self.zero}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"--lr-schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.recompute not in ("none", "full"):
+            raise ValueError(f"--recompute must be none or full, got {self.recompute!r}")
+        if self.recompute == "full" and (self.offload or self.offload_ratio is not None):
+            raise ValueError("--recompute full keeps only each layer's input, so offloading has nothing to move: "
+                             "drop --offload/--offload-ratio or use --recompute none")
+        if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:  # also refuses nan
             raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def zero_for(self, world_size: int) -> int:
+        """The zero stage a run of ``world_size`` ranks uses (default: 1 when sharding is possible)."""
+        return self.zero if self.zero is not None else (1 if world_size > 1 else 0)
+
+    @property
+    def final_lr(self) -> float:
+        return self.min_lr if self.min_lr is not None else self.lr / 10

@@ -16,6 +16,7 @@ from typing import Any, Callable, ContextManager, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hdp.plan.model_config import ModelConfig
 
@@ -111,10 +112,12 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     """Token ids [T] + positions [T] + layout -> logits [T, vocab]."""
 
-    def __init__(self, cfg: ModelConfig, attention: AttentionFn | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, attention: AttentionFn | None = None, recompute: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.attention = attention
+        self.recompute = recompute
+        """Recompute each layer in backward (torch.utils.checkpoint, non-reentrant): a layer keeps only its input."""
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
@@ -129,7 +132,10 @@ class Decoder(nn.Module):
             # Layer i runs inside layer_context(i): the hook activation offloading uses to move
             # the activations saved for backward off the device.
             with layer_context(i) if layer_context is not None else contextlib.nullcontext():
-                x = layer(x, cos, sin, layout, attention, timeout_s)
+                if self.recompute and torch.is_grad_enabled():
+                    x = checkpoint(layer, x, cos, sin, layout, attention, timeout_s, use_reentrant=False)
+                else:
+                    x = layer(x, cos, sin, layout, attention, timeout_s)
         return self.head(self.norm(x))                                          # [T, V]
 
 
@@ -148,7 +154,7 @@ def init_weights(model: Decoder, seed: int) -> None:
 
 
 def build_model(cfg: ModelConfig, *, dtype: torch.dtype, device: torch.device, seed: int,
-                attention: AttentionFn | None = None) -> Decoder:
-    model = Decoder(cfg, attention)
+                attention: AttentionFn | None = None, recompute: bool = False) -> Decoder:
+    model = Decoder(cfg, attention, recompute=recompute)
     init_weights(model, seed)
     return model.to(device=device, dtype=dtype)

@@ -1,5 +1,6 @@
 """One optimizer step of HDP training on one rank: plan check, forward/backward per micro-batch,
-one gradient all-reduce, global norm, clip, AdamW.
+one gradient reduce-scatter (all-reduce with --zero 0), global norm, clip, sharded AdamW, one
+parameter all-gather (``hdp.runtime.zero``).
 
 Exactness: rank r's loss is  sum(token cross-entropies on r) / (labelled tokens in the GLOBAL batch),
 and gradients are summed over ranks, so the step equals single-process training on the whole global
@@ -19,11 +20,11 @@ import torch.nn.functional as F
 
 from hdp.data.batches import GlobalBatch
 from hdp.plan.types import Plan
-from hdp.runtime.grad_sync import clip_gradients, sync_gradients
 from hdp.runtime.materialise import IGNORE, check_batch_matches_plan, materialise, num_labelled_tokens
 from hdp.runtime.model import Decoder
 from hdp.runtime.offload import OffloadSession
 from hdp.runtime.plan_check import check_same_plan, check_world_size
+from hdp.runtime.zero import ShardedAdamW
 
 
 @dataclass(frozen=True)
@@ -57,33 +58,28 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
     return loss_share, sum(mb.num_tokens for mb in inputs), len(inputs)
 
 
-def train_step(model: Decoder, optimizer: torch.optim.Optimizer, plan: Plan, batch: GlobalBatch, *,
+def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: GlobalBatch, *,
                rank: int, group: dist.ProcessGroup | None, device: torch.device, timeout_s: float | None,
-               max_grad_norm: float = 1.0, offload: OffloadSession | None = None) -> StepResult:
+               max_grad_norm: float = 1.0, offload: OffloadSession | None = None, lr: float | None = None) -> StepResult:
     """One step on this rank. Every rank of ``group`` must call it with the same plan and batch."""
     world_size = dist.get_world_size(group) if dist.is_initialized() else 1
     check_world_size(plan, world_size)
     check_batch_matches_plan(plan, batch)
     if world_size > 1:
         check_same_plan(plan, group, device)  # first collective of the step
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss_share, local_tokens, local_mbs = forward_backward(model, plan, batch, rank, device,
                                                            timeout_s=timeout_s, offload=offload)
-    norm, (loss,) = sync_gradients(model, [loss_share], group)
-    clip_gradients(model, norm, max_grad_norm)
-    optimizer.step()
+    norm, (loss,) = optimizer.reduce([loss_share])  # the only collectives of the step, with step()'s all-gather
+    optimizer.step(norm, max_grad_norm, lr)
     return StepResult(loss=loss, grad_norm=float(norm), tokens=plan.total_tokens,
                       local_tokens=local_tokens, local_micro_batches=local_mbs)
 
 
-def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:
-    """AdamW; decay on matrices only (norm gains and nothing else are 1-D)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=False,
-    )
+def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1, *, zero: int = 0,
+                    group: dist.ProcessGroup | None = None) -> ShardedAdamW:
+    """AdamW (β = 0.9, 0.95), decay on matrices only, states sharded over ``group`` for ``zero`` >= 1."""
+    return ShardedAdamW(model, lr=lr, zero=zero, weight_decay=weight_decay, group=group)
 
 
 def timed_step(*args, **kwargs) -> tuple[StepResult, float]:

@@ -7,6 +7,7 @@ stderr naming the rank and what is wrong, and a non-zero return code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -26,7 +27,10 @@ from hdp.plan.device import load_profile
 from hdp.plan.flops import batch_flops, mfu, tflops_per_device
 from hdp.plan.model_config import ModelConfig
 from hdp.plan.types import Plan
+from hdp.plan.memory import state_bytes as planned_state_bytes
 from hdp.runtime.config import TrainConfig
+from hdp.runtime.lr_schedule import lr_at
+from hdp.runtime.memory_stats import memory_record
 from hdp.runtime.model import build_model
 from hdp.runtime.offload import OffloadSession
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
@@ -50,7 +54,7 @@ class Run:
         if cfg.vocab_size < VOCAB_SIZE:
             raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
         stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(config.model))
+        return cls(config, stream, build_cost_model(config.model, recompute=config.recompute, dtype=config.dtype))
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
@@ -61,6 +65,8 @@ class Run:
     def check_feasible(self, num_ranks: int) -> None:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
+        # Model states + activations of --capacity tokens on the device the plan is costed for.
+        dataclasses.replace(self.cost, zero=c.zero_for(num_ranks)).check_fits(num_ranks, c.capacity)
         longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
         try:
             make_plan([longest], num_ranks, c.capacity, self.cost, get_strategy(c.strategy, offload=c.offload),
@@ -165,8 +171,13 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     run.check_feasible(world_size)
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
-    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed)
-    optimizer = build_optimizer(model, config.lr, config.weight_decay)
+    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed,
+                        recompute=config.recompute == "full")
+    zero = config.zero_for(world_size)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
+    planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
+    fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
+             "planned_state_bytes": planned}
     offload = None
     if config.offload or config.offload_ratio is not None:
         offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
@@ -177,11 +188,14 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         for step in range(config.steps):
             start = time.perf_counter()
             plan = run.plan(step, world_size)
+            lr = lr_at(step, lr=config.lr, steps=config.steps, schedule=config.lr_schedule,
+                       warmup_steps=config.warmup_steps, min_lr=config.final_lr)
             result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
-                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
+                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload, lr=lr)
             copied = offload.offloaded_bytes if offload else 0
-            reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied,
-                                         model=model.cfg, peak_tflops=peak))
+            elapsed = time.perf_counter() - start
+            reporter.step({**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
+                           "lr": lr, **fixed, **memory_record(optimizer, device)})
     finally:
         reporter.close()
     reporter.summary()
@@ -253,6 +267,11 @@ class Reporter:
         t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
         t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
                                             f"{max(r['micro_batches_max'] for r in recs)}")
+        last = recs[-1]
+        if "state_bytes" in last:
+            t.add_row("model states per rank", f"{last['state_bytes'] / 1e6:,.1f} MB measured, "
+                                               f"{last['planned_state_bytes'] / 1e6:,.1f} MB planned (--zero {last['zero']}, "
+                                               f"{last['param_dtype']} params, {last['master_dtype']} optimizer)")
         if self.config.metrics:
             t.add_row("metrics", self.config.metrics)
         Console().print(t)

@@ -15,7 +15,9 @@ from hdp.cli import main
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRIC_KEYS = {"step", "loss", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "strategy", "rings", "max_ring",
-               "micro_batches_min", "micro_batches_max", "offloaded_bytes", "tflops_per_device", "mfu"}
+               "micro_batches_min", "micro_batches_max", "offloaded_bytes", "tflops_per_device", "mfu", "lr", "zero",
+               "param_dtype", "master_dtype", "grad_reduce_dtype", "loss_dtype", "recompute", "state_bytes",
+               "peak_memory_bytes", "planned_state_bytes"}
 
 
 def hdp_train(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
@@ -61,6 +63,12 @@ def test_loss_and_grad_norm_equal_on_1_and_3_ranks(tmp_path):
     (["--nproc", "2", "--capacity", "64", "--max-seq-len", "1024"], "needs 16 ranks but only 2 exist"),
     (["--data", "EMPTY"], "has no non-empty documents"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--min-lr", "1"], "--min-lr must be in [0, --lr"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
+    (["--recompute", "full", "--offload"], "offloading has nothing to move"),
+    (["--model", "llama-7b", "--zero", "0", "--dtype", "bfloat16"], "does not fit one h100-sxm-80gb: it needs 121.3 GB"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_process_starts(args, message, tmp_path, capsys):
     empty = tmp_path / "empty"

@@ -71,7 +71,7 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
     res = train_step(model, opt, hand_plan(), hand_batch(), rank=rank, group=None, device=torch.device("cpu"),
                      timeout_s=30, max_grad_norm=MAX_GRAD_NORM)
     torch.save({"loss": res.loss, "grad_norm": res.grad_norm, "mbs": res.local_micro_batches,
-                "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+                "grads": {e.name: opt.grad_shard[e.offset:e.offset + e.numel].view(e.shape).clone() for e in opt.layout},
                 "params": {n: p.detach().clone() for n, p in model.named_parameters()}},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -81,7 +81,9 @@ def reference() -> dict:
     """Single process, plain dense attention, whole sequences, the textbook loss: no hdp code path."""
     model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=0,
                         attention=plain_attention)
-    opt = build_optimizer(model, LR)
+    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+                             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=LR, betas=(0.9, 0.95), eps=1e-8, foreach=False)
     batch = hand_batch()
     total, count = torch.zeros((), dtype=torch.float64), 0
     for i, n in enumerate(LENGTHS):
