@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.add_argument("--export-hf", default=None, metavar="DIR",
+                   help="at the end, write the model as a Hugging Face directory (config.json + model.safetensors)")
+    p.add_argument("--hf-model", default=None, metavar="DIR",
+                   help="train this local Hugging Face causal LM (config.json, weights if present) instead of --model")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -41,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model, dtype=args.dtype, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
         capacity=args.capacity, max_seq_len=args.max_seq_len, strategy=args.strategy, seed=args.seed, lr=args.lr,
         timeout_s=args.timeout, offload=args.offload, offload_ratio=args.offload_ratio, data=args.data, metrics=args.metrics,
-        progress=not args.no_progress,
+        progress=not args.no_progress, export_hf=args.export_hf, hf_model=args.hf_model,
     )
 
 

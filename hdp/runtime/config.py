@@ -42,6 +42,10 @@ class TrainConfig:
     """JSONL file, one object per step (written by rank 0)."""
     progress: bool = True
     """Rich progress bar and summary on rank 0."""
+    export_hf: str | None = None
+    """Write the trained model here as a Hugging Face directory (rank 0, at the end)."""
+    hf_model: str | None = None
+    """Train this local Hugging Face causal-LM directory instead of the ``model`` preset."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

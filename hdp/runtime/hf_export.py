@@ -49,18 +49,34 @@ def export_hf(model: nn.Module, out_dir: str, *, max_positions: int = 4096) -> P
     """Write ``model`` (a ``Decoder`` or an ``HFCausalLM``) to ``out_dir``; returns the path."""
     final = Path(out_dir)
     check_export_dir(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.resolve().parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.resolve().parent))
+    except OSError as e:
+        raise ValueError(f"cannot write --export-hf {out_dir!r}: {e.strerror or e}") from None
     try:
         save = getattr(model, "save_hf", None)
         if save is not None:  # an HF model: transformers writes its own files
             save(tmp)
         else:
             _save_decoder(model, tmp, max_positions)
-        os.rename(tmp, final)
+        _default_permissions(tmp)
+        os.rename(tmp, final)  # atomic on one file system: DIR appears complete or not at all
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"cannot write --export-hf {out_dir!r}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _default_permissions(root: Path) -> None:
+    """mkdtemp makes a private (0700) directory; give the export the permissions of any new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for f in root.rglob("*"):
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def _save_decoder(model: nn.Module, out: Path, max_positions: int) -> None:

@@ -159,6 +159,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied))
     finally:
         reporter.close()
+    if config.export_hf and rank == 0:
+        from hdp.runtime.hf_export import export_hf
+
+        export_hf(model, config.export_hf, max_positions=config.max_seq_len)
     reporter.summary()
     return 0
 
