@@ -20,11 +20,11 @@ import torch.distributed as dist
 
 from hdp.data.batches import BatchStream
 from hdp.data.corpus import VOCAB_SIZE, load_corpus
-from hdp.plan import build_cost_model, get_model, make_plan
+from hdp.plan import build_cost_model, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.model import build_model
+from hdp.runtime.models import build_train_model, model_shape
 from hdp.runtime.offload import OffloadSession
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
@@ -42,11 +42,11 @@ class Run:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Run":
-        cfg = get_model(config.model)
+        cfg = model_shape(config)
         if cfg.vocab_size < VOCAB_SIZE:
-            raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
+            raise ValueError(f"model {config.hf_model or config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
         stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(config.model))
+        return cls(config, stream, build_cost_model(cfg))
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
@@ -142,7 +142,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     run.check_feasible(world_size)
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
-    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed)
+    model = build_train_model(config, device)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
     offload = None
     if config.offload or config.offload_ratio is not None:
@@ -211,7 +211,7 @@ class Reporter:
         recs = self.records
         timed = recs[1:] or recs  # the first step pays for warm-up
         tps = sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed)
-        t = Table(title=f"hdp train · {self.config.model} · {recs[0]['strategy']}", show_header=False)
+        t = Table(title=f"hdp train · {self.config.hf_model or self.config.model} · {recs[0]['strategy']}", show_header=False)
         t.add_row("steps", str(len(recs)))
         t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
