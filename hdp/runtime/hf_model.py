@@ -38,12 +38,25 @@ def load_hf_config(path: str, max_seq_len: int):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(d), local_files_only=True)
+        with _quiet_transformers():  # its config warnings would precede our one-line error
+            config = AutoConfig.from_pretrained(str(d), local_files_only=True)
     except (ValueError, OSError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"--hf-model {path!r}: cannot read config.json ({first[:200]})") from None
-    check_supported(config, max_seq_len, path)
+    check_supported(config, max_seq_len, f"--hf-model {path!r}")
     return config
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def check_supported(config: Any, max_seq_len: int, path: str = "the model") -> None:
@@ -106,12 +119,16 @@ class HFCausalLM(nn.Module):
 
     def save_hf(self, out_dir: str | Path) -> None:
         """``save_pretrained`` with the default attention, so the directory loads where hdp is not installed."""
+        from transformers.utils import logging
+
         config = self.hf.config
         config._attn_implementation = "sdpa"
+        logging.disable_progress_bar()
         try:
             self.hf.save_pretrained(str(out_dir), safe_serialization=True)
         finally:
             config._attn_implementation = ATTN_IMPLEMENTATION
+            logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
