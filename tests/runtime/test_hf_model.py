@@ -126,3 +126,23 @@ def test_hf_models_on_3_ranks_with_rings_equal_1_rank_and_plain_transformers(tmp
             assert_grads_close(got["grads"], one["grads"], rtol=1e-9)
         assert one["loss"] == pytest.approx(ref["loss"], rel=1e-12), f"{name}: hdp vs transformers"
         assert_grads_close(one["grads"], ref["grads"], rtol=1e-10)
+
+
+@pytest.mark.timeout(60)
+def test_offloaded_hf_layers_give_bit_identical_gradients():
+    """Layer i of a transformers model runs inside the offload hook for layer i (module hooks, no patching)."""
+    from hdp.runtime.offload import OffloadSession
+    from hdp.runtime.train_step import forward_backward
+
+    cfg = configs()["llama"]
+    cfg.num_hidden_layers = 4  # offloading skips the first and last layer: leave some in the middle
+    grads = []
+    for ratio in (None, 1.0):
+        model = build_hf_model(cfg, dtype=torch.float64, device=torch.device("cpu"), seed=SEED)
+        offload = None if ratio is None else OffloadSession(model.parameters(), torch.device("cpu"), 4,
+                                                             force_ratio=ratio)
+        forward_backward(model, one_rank_plan(), batch(), 0, torch.device("cpu"), timeout_s=10, offload=offload)
+        assert offload is None or offload.offloaded_bytes > 0
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.equal(g, grads[1][name]), name
