@@ -49,14 +49,17 @@ def load_hf_config(path: str, max_seq_len: int):
 
 @contextlib.contextmanager
 def _quiet_transformers():
+    """transformers' warnings and progress bars, off: every rank would print them, around our one-line errors."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        logging.enable_progress_bar()
 
 
 def check_supported(config: Any, max_seq_len: int, path: str = "the model") -> None:
@@ -119,16 +122,13 @@ class HFCausalLM(nn.Module):
 
     def save_hf(self, out_dir: str | Path) -> None:
         """``save_pretrained`` with the default attention, so the directory loads where hdp is not installed."""
-        from transformers.utils import logging
-
         config = self.hf.config
         config._attn_implementation = "sdpa"
-        logging.disable_progress_bar()
         try:
-            self.hf.save_pretrained(str(out_dir), safe_serialization=True)
+            with _quiet_transformers():
+                self.hf.save_pretrained(str(out_dir), safe_serialization=True)
         finally:
             config._attn_implementation = ATTN_IMPLEMENTATION
-            logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -176,8 +176,13 @@ def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.devic
         config, has_weights, name = source, False, f"hf:{source.model_type}"
         check_supported(config, max_seq_len)
     if has_weights:
-        hf = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype,
-                                                  attn_implementation=ATTN_IMPLEMENTATION)
+        try:
+            with _quiet_transformers():
+                hf = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype,
+                                                          attn_implementation=ATTN_IMPLEMENTATION)
+        except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers each raise their own types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--hf-model {str(source)!r}: cannot load its weights ({type(e).__name__}: {first[:200]})") from None
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
