@@ -45,8 +45,12 @@ def check_export_dir(path: str) -> None:
         raise ValueError(f"--export-hf {path!r}: cannot create it in {str(parent)!r} (missing or not writable)")
 
 
-def export_hf(model: nn.Module, out_dir: str, *, max_positions: int = 4096) -> Path:
-    """Write ``model`` (a ``Decoder`` or an ``HFCausalLM``) to ``out_dir``; returns the path."""
+def export_hf(model: nn.Module, out_dir: str, *, max_positions: int = 4096, tokenizer: str | None = None) -> Path:
+    """Write ``model`` (a ``Decoder`` or an ``HFCausalLM``) to ``out_dir``; returns the path.
+
+    ``tokenizer``: a ``tokenizer.json`` file or a tokenizer directory the run used; saved beside the
+    weights so ``AutoTokenizer.from_pretrained(out_dir)`` gives the same token ids.
+    """
     final = Path(out_dir)
     check_export_dir(out_dir)
     try:
@@ -59,6 +63,8 @@ def export_hf(model: nn.Module, out_dir: str, *, max_positions: int = 4096) -> P
             save(tmp)
         else:
             _save_decoder(model, tmp, max_positions)
+        if tokenizer is not None:
+            _save_tokenizer(tokenizer, tmp)
         _default_permissions(tmp)
         os.rename(tmp, final)  # atomic on one file system: DIR appears complete or not at all
     except OSError as e:
@@ -77,6 +83,15 @@ def _default_permissions(root: Path) -> None:
     os.chmod(root, 0o777 & ~umask)
     for f in root.rglob("*"):
         os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+
+
+def _save_tokenizer(source: str, out: Path) -> None:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    src = Path(source)
+    tok = (PreTrainedTokenizerFast(tokenizer_file=str(src)) if src.is_file()
+           else AutoTokenizer.from_pretrained(str(src), local_files_only=True))
+    tok.save_pretrained(str(out))
 
 
 def _save_decoder(model: nn.Module, out: Path, max_positions: int) -> None:

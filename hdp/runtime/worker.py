@@ -162,7 +162,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     if config.export_hf and rank == 0:
         from hdp.runtime.hf_export import export_hf
 
-        export_hf(model, config.export_hf, max_positions=config.max_seq_len)
+        export_hf(model, config.export_hf, max_positions=config.max_seq_len,
+                  tokenizer=getattr(config, "tokenizer", None))  # --tokenizer, where the run has one
     reporter.summary()
     return 0
 

@@ -109,3 +109,25 @@ def test_an_existing_export_directory_is_refused_before_training(tmp_path, capsy
     err = capsys.readouterr().err
     assert "already exists" in err and err.count("\n") == 1
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.timeout(60)
+def test_export_with_a_tokenizer_gives_the_same_token_ids(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+
+    from hdp.runtime.hf_export import export_hf
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(["ring rank plan token attention"] * 20, trainers.BpeTrainer(vocab_size=64,
+                                                                                          special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model = build_model(get_model("tiny"), dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    for source, name in ((tmp_path / "tokenizer.json", "from-file"), (None, "from-dir")):
+        if source is None:  # a tokenizer directory, as written by the first export
+            source = tmp_path / "from-file"
+        out = export_hf(model, str(tmp_path / name), tokenizer=str(source))
+        loaded = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+        assert loaded("rank plan ring").input_ids == tok.encode("rank plan ring").ids
+        assert AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True) is not None
