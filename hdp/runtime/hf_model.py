@@ -105,7 +105,7 @@ class HFCausalLM(nn.Module):
     def __init__(self, hf: nn.Module, name: str = "hf") -> None:
         super().__init__()
         register()
-        hf.config._attn_implementation = ATTN_IMPLEMENTATION
+        hf.set_attn_implementation(ATTN_IMPLEMENTATION)  # transformers' own switch (checks the name is registered)
         self.hf = hf
         self.cfg = model_shape(hf.config, name)
 
@@ -122,13 +122,12 @@ class HFCausalLM(nn.Module):
 
     def save_hf(self, out_dir: str | Path) -> None:
         """``save_pretrained`` with the default attention, so the directory loads where hdp is not installed."""
-        config = self.hf.config
-        config._attn_implementation = "sdpa"
+        self.hf.set_attn_implementation("sdpa")
         try:
             with _quiet_transformers():
                 self.hf.save_pretrained(str(out_dir), safe_serialization=True)
         finally:
-            config._attn_implementation = ATTN_IMPLEMENTATION
+            self.hf.set_attn_implementation(ATTN_IMPLEMENTATION)
 
 
 @contextlib.contextmanager

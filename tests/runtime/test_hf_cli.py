@@ -45,7 +45,7 @@ def test_hf_model_trains_on_rings_exports_and_reloads_with_the_losses_of_plain_t
                       capacity=300, data=str(data))
     step0 = Run.from_config(cfg).stream.batch(0)
     init = build_hf_model(str(src), dtype=torch.float64, device=torch.device("cpu"), seed=4).hf
-    init.config._attn_implementation = "sdpa"  # the plain transformers forward from here on
+    init.set_attn_implementation("sdpa")  # the plain transformers forward from here on
     assert hf_loss(init, step0) == pytest.approx(ra["loss"], rel=1e-9)
 
     assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
