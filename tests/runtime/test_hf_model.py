@@ -146,3 +146,22 @@ def test_offloaded_hf_layers_give_bit_identical_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():
         assert torch.equal(g, grads[1][name]), name
+
+
+@pytest.mark.timeout(30)
+def test_the_registered_mask_function_is_the_one_transformers_calls():
+    """A padding mask or a KV cache reaches hdp's mask function and is refused, not silently dropped."""
+    from hdp.runtime.layout import AttentionLayout, Span
+
+    model = build_hf_model(configs()["llama"], dtype=torch.float64, device=torch.device("cpu"), seed=SEED)
+    ids = torch.arange(6)[None]
+    span = Span(0, 0, 6, 0)
+    layout = AttentionLayout(0, 0, 6, (span,), (span,), ())
+    padded = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="without padding"):
+        model.hf(input_ids=ids, attention_mask=padded, hdp_layout=layout, use_cache=False)
+    first = model.hf(input_ids=ids, hdp_layout=layout, use_cache=True)  # a prefill is plain causal attention
+    with pytest.raises(ValueError, match="KV cache"):
+        model.hf(input_ids=ids[:, :1], cache=first.cache, hdp_layout=layout, use_cache=True)
+    with pytest.raises(ValueError, match="needs the micro-batch layout"):
+        model.hf(input_ids=ids, use_cache=False)
