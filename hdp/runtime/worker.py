@@ -24,7 +24,7 @@ from hdp.plan import build_cost_model, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.models import build_train_model, model_shape
+from hdp.runtime.model_source import build_train_model, model_shape
 from hdp.runtime.offload import OffloadSession
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
