@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.add_argument("--export-hf", default=None, metavar="DIR",
+                   help="at the end, write the model as a Hugging Face directory (config.json + model.safetensors)")
+    p.add_argument("--hf-model", default=None, metavar="DIR",
+                   help="train this local Hugging Face causal LM (config.json, weights if present) instead of --model")
     p.add_argument("--zero", type=int, choices=(0, 1, 2), default=None,
                    help="0: replicate optimizer states; 1: shard fp32 master weights and AdamW moments over all ranks; "
                         "2: also keep only this rank's gradient shard (default 1 with more than one rank)")
@@ -60,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         timeout_s=args.timeout, offload=args.offload, offload_ratio=args.offload_ratio, data=args.data, metrics=args.metrics,
         progress=not args.no_progress, tensorboard=args.tensorboard, zero=args.zero, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, recompute=args.recompute,
+        export_hf=args.export_hf, hf_model=args.hf_model,
     )
 
 

@@ -57,6 +57,10 @@ class TrainConfig:
     """Where cosine and linear decay end; None: lr / 10."""
     recompute: Literal["none", "full"] = "none"
     """full: every layer's activations are recomputed in backward (torch.utils.checkpoint, non-reentrant)."""
+    export_hf: str | None = None
+    """Write the trained model here as a Hugging Face directory (rank 0, at the end)."""
+    hf_model: str | None = None
+    """Train this local Hugging Face causal-LM directory instead of the ``model`` preset."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -53,6 +53,10 @@ def launch(config: TrainConfig, nproc: int) -> int:
             open(config.metrics, "w").close()
         except OSError as e:
             raise ValueError(f"cannot write --metrics {config.metrics!r}: {e.strerror or e}") from None
+    if config.export_hf:
+        from hdp.runtime.hf_export import check_export_dir
+
+        check_export_dir(config.export_hf)
     return spawn(config, nproc)
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from hdp.data.batches import BatchStream
 from hdp.data.corpus import VOCAB_SIZE, load_corpus
-from hdp.plan import PlanError, build_cost_model, get_model, get_strategy, make_plan
+from hdp.plan import PlanError, build_cost_model, get_strategy, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.device import load_profile
 from hdp.plan.flops import batch_flops, mfu, tflops_per_device
@@ -31,7 +31,7 @@ from hdp.plan.memory import state_bytes as planned_state_bytes
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.lr_schedule import lr_at
 from hdp.runtime.memory_stats import memory_record
-from hdp.runtime.model import build_model
+from hdp.runtime.model_source import build_train_model, model_shape
 from hdp.runtime.offload import OffloadSession
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
@@ -50,11 +50,11 @@ class Run:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Run":
-        cfg = get_model(config.model)
+        cfg = model_shape(config)
         if cfg.vocab_size < VOCAB_SIZE:
-            raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
+            raise ValueError(f"model {config.hf_model or config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
         stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(config.model, recompute=config.recompute, dtype=config.dtype))
+        return cls(config, stream, build_cost_model(cfg, recompute=config.recompute, dtype=config.dtype))
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
@@ -171,8 +171,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     run.check_feasible(world_size)
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
-    model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed,
-                        recompute=config.recompute == "full")
+    model = build_train_model(config, device)
     zero = config.zero_for(world_size)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
     planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
@@ -198,6 +197,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
                            "lr": lr, **fixed, **memory_record(optimizer, device)})
     finally:
         reporter.close()
+    if config.export_hf and rank == 0:
+        from hdp.runtime.hf_export import export_hf
+
+        export_hf(model, config.export_hf, max_positions=config.max_seq_len,
+                  tokenizer=getattr(config, "tokenizer", None))  # --tokenizer, where the run has one
     reporter.summary()
     return 0
 
@@ -256,7 +260,7 @@ class Reporter:
         recs = self.records
         timed = recs[1:] or recs  # the first step pays for warm-up
         tps = sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed)
-        t = Table(title=f"hdp train · {self.config.model} · {recs[0]['strategy']}", show_header=False)
+        t = Table(title=f"hdp train · {self.config.hf_model or self.config.model} · {recs[0]['strategy']}", show_header=False)
         t.add_row("steps", str(len(recs)))
         t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
