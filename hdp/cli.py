@@ -14,6 +14,7 @@ COMMANDS = {
     "plan": ("hdp.commands.plan", "plan one global batch and write a hdp.plan/1 file"),
     "train": ("hdp.commands.train", "train on the planned meshes (local CPU processes or torchrun)"),
     "simulate": ("hdp.commands.simulate", "time plans of every strategy on a virtual cluster"),
+    "data": ("hdp.commands.data", "prepare a dataset: tokenize once into a memory-mapped token store"),
 }
 
 

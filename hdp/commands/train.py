@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="data order and initial weights (default 0)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--data", default=None, metavar="PATH",
-                   help="corpus: a directory of .py/.txt/.md files or one file (default: Python's standard library)")
+                   help="a JSONL or Parquet file, a datasets save_to_disk directory, a directory of .py/.txt/.md "
+                        "files, one text file, or a store from 'hdp data prepare' (default: Python's standard library)")
     p.add_argument("--metrics", default=None, metavar="FILE", help="write one JSON object per step here (JSONL)")
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help=f"seconds a rank waits for a peer before failing (default {d.timeout_s:g})")
@@ -34,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="a tokenizer.json or local Hugging Face tokenizer directory (default: byte-level)")
+    p.add_argument("--text-field", default=d.text_field, metavar="NAME",
+                   help=f"field holding the text in JSONL/Parquet/datasets inputs (default {d.text_field})")
+    p.add_argument("--dump-batches", default=None, metavar="FILE",
+                   help="write each step's token ids here, one JSON line per step (rank 0)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -41,7 +48,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model, dtype=args.dtype, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
         capacity=args.capacity, max_seq_len=args.max_seq_len, strategy=args.strategy, seed=args.seed, lr=args.lr,
         timeout_s=args.timeout, offload=args.offload, offload_ratio=args.offload_ratio, data=args.data, metrics=args.metrics,
-        progress=not args.no_progress,
+        progress=not args.no_progress, tokenizer=args.tokenizer, text_field=args.text_field,
+        dump_batches=args.dump_batches,
     )
 
 

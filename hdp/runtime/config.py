@@ -42,6 +42,12 @@ class TrainConfig:
     """JSONL file, one object per step (written by rank 0)."""
     progress: bool = True
     """Rich progress bar and summary on rank 0."""
+    tokenizer: str | None = None
+    """A tokenizer.json or local Hugging Face tokenizer directory; None: byte-level tokens."""
+    text_field: str = "text"
+    """The field holding the text in JSONL, Parquet and datasets inputs."""
+    dump_batches: str | None = None
+    """JSONL file, one line per step with the token ids of every sequence of the batch (rank 0)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

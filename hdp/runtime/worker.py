@@ -19,7 +19,9 @@ import torch
 import torch.distributed as dist
 
 from hdp.data.batches import BatchStream
-from hdp.data.corpus import VOCAB_SIZE, load_corpus
+from hdp.data.dump import BatchDump
+from hdp.data.load import TrainingData, load_training_data
+from hdp.data.tokenizer import check_vocab
 from hdp.plan import build_cost_model, get_model, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.types import Plan
@@ -39,14 +41,15 @@ class Run:
     config: TrainConfig
     stream: BatchStream
     cost: CostModel
+    data: TrainingData | None = None
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Run":
         cfg = get_model(config.model)
-        if cfg.vocab_size < VOCAB_SIZE:
-            raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
-        stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(config.model))
+        data = load_training_data(config.data, config.tokenizer, config.text_field)
+        check_vocab(data.tokenizer, data.vocab_size, cfg.vocab_size, config.model)
+        stream = BatchStream(data.corpus, config.global_batch_tokens, config.max_seq_len, config.seed)
+        return cls(config, stream, build_cost_model(config.model), data)
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
@@ -149,16 +152,22 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
                                  act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
     reporter = Reporter(config, enabled=rank == 0)
+    dump = BatchDump(config.dump_batches) if rank == 0 and config.dump_batches else None
     try:
         for step in range(config.steps):
             start = time.perf_counter()
             plan = run.plan(step, world_size)
-            result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
+            batch = run.stream.batch(step)
+            result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
                                 timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
             copied = offload.offloaded_bytes if offload else 0
             reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied))
+            if dump is not None:  # after the step's timing: reading the whole batch is not training work
+                dump.write(step, batch)
     finally:
         reporter.close()
+        if dump is not None:
+            dump.close()
     reporter.summary()
     return 0
 
