@@ -18,13 +18,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hdp.data.sources import Batch
+from hdp.data.store import token_dtype
 from hdp.data.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
 class EncodedBatch:
     tokens: np.ndarray
-    """int64, the batch's non-empty documents back to back."""
+    """The batch's non-empty documents back to back, in the store's dtype (``token_dtype``)."""
     lengths: np.ndarray
     """int64, one per non-empty document."""
     empty: int
@@ -34,13 +35,14 @@ class EncodedBatch:
 
 
 def encode_batch(tokenizer: Tokenizer, docs: Batch, advance: int = 0) -> EncodedBatch:
-    ids = [tokenizer.encode(d) if d else [] for d in docs]
-    kept = [x for x in ids if x]
+    present = [d for d in docs if d]
+    kept = [x for x in (tokenizer.encode_many(present) if present else []) if len(x)]
     lengths = np.array([len(x) for x in kept], dtype=np.int64)
-    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in kept]) if kept else np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
     if flat.size and (flat.min() < 0 or flat.max() >= tokenizer.vocab_size):
         raise ValueError(f"tokenizer {tokenizer.name!r} gave an id outside [0, {tokenizer.vocab_size}): is it consistent?")
-    return EncodedBatch(flat, lengths, len(ids) - len(kept), advance)
+    flat = flat.astype(token_dtype(tokenizer.vocab_size))  # 2 bytes a token for most vocabularies, not 8
+    return EncodedBatch(flat, lengths, len(docs) - len(kept), advance)
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None  # one per worker process, set by its initializer

@@ -58,7 +58,7 @@ def _write(source: Source, tokenizer: Tokenizer, tmp: str, workers: int, progres
     empty = 0
     with open(os.path.join(tmp, TOKENS), "wb") as f, _progress(source, progress) as bar:
         for enc in bar(encode_stream(tokenizer, source.batches(), workers)):
-            f.write(enc.tokens.astype(dtype).tobytes())
+            f.write(enc.tokens.astype(dtype, copy=False).tobytes())
             lengths.extend(enc.lengths.tolist())
             empty += enc.empty
     if not lengths:

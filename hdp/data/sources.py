@@ -18,7 +18,12 @@ from hdp.data.store import is_store
 
 TEXT_SUFFIXES = (".py", ".txt", ".md")
 BATCH_DOCS = 1000
-"""Documents per batch: large enough to amortise worker round trips, small enough to stream."""
+BATCH_CHARS = 1 << 18
+"""A batch ends at 1,000 documents or 256 KiB of text, whichever comes first: large enough to amortise
+worker round trips, small enough that a few batches in flight stay a few MB (one longer document is
+its own batch: a document is tokenized whole)."""
+READ_ROWS = 64
+"""Rows per Parquet / datasets read (documents can be long: rebatched by size afterwards)."""
 
 Kind = Literal["jsonl", "parquet", "datasets", "text-dir", "text-file", "store"]
 Batch = list["str | bytes | None"]
@@ -51,7 +56,7 @@ class Source:
                    "text-file": _text_dir}
         if self.kind not in readers:
             raise ValueError(f"{self.path!r} is a prepared store already: train on it with --data {self.path}")
-        return readers[self.kind](self)
+        return _rebatch(readers[self.kind](self))
 
 
 def detect(path: str, text_field: str = "text") -> Source:
@@ -86,6 +91,22 @@ def text_files(path: str) -> list[str]:
     return sorted(found)
 
 
+def _rebatch(parts: Iterator[tuple[Batch, int]]) -> Iterator[tuple[Batch, int]]:
+    """Regroup the readers' pieces into batches of at most BATCH_DOCS documents / BATCH_CHARS of text."""
+    batch: Batch = []
+    chars = advance = 0
+    for docs, adv in parts:
+        for d in docs:
+            batch.append(d)
+            chars += len(d) if d else 0
+            if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+                yield batch, advance
+                batch, chars, advance = [], 0, 0
+        advance += adv
+    if batch or advance:
+        yield batch, advance
+
+
 def _text_dir(src: Source) -> Iterator[tuple[Batch, int]]:
     for p in text_files(src.path):
         with open(p, "rb") as f:  # bytes: the byte tokenizer keeps them exactly, others decode UTF-8
@@ -104,12 +125,10 @@ def _text(value: object, where: str, field: str) -> str | None:
 
 
 def _jsonl(src: Source) -> Iterator[tuple[Batch, int]]:
-    batch: Batch = []
-    advance = 0
     with open(src.path, "rb") as f:
         for no, line in enumerate(f, 1):
-            advance += len(line)
             if not line.strip():
+                yield [], len(line)
                 continue
             where = f"{src.path}:{no}"
             try:
@@ -120,12 +139,7 @@ def _jsonl(src: Source) -> Iterator[tuple[Batch, int]]:
                 raise ValueError(f"{where} is a JSON {type(record).__name__}, not an object with a {src.text_field!r} field")
             if src.text_field not in record:
                 raise _missing_field(where, src.text_field, list(record))
-            batch.append(_text(record[src.text_field], where, src.text_field))
-            if len(batch) == BATCH_DOCS:
-                yield batch, advance
-                batch, advance = [], 0
-    if batch or advance:
-        yield batch, advance
+            yield [_text(record[src.text_field], where, src.text_field)], len(line)
 
 
 def _parquet_file(path: str):
@@ -144,7 +158,7 @@ def _parquet(src: Source) -> Iterator[tuple[Batch, int]]:
     if src.text_field not in names:
         raise _missing_field(src.path, src.text_field, names)
     try:
-        for record_batch in pf.iter_batches(batch_size=BATCH_DOCS, columns=[src.text_field]):
+        for record_batch in pf.iter_batches(batch_size=READ_ROWS, columns=[src.text_field]):
             texts = record_batch.column(0).to_pylist()
             yield [_text(t, src.path, src.text_field) for t in texts], len(texts)
     except ValueError:
@@ -178,6 +192,6 @@ def _load_dataset(path: str, field: str):
 
 def _datasets(src: Source) -> Iterator[tuple[Batch, int]]:
     ds = _load_dataset(src.path, src.text_field).select_columns([src.text_field])
-    for rows in ds.iter(batch_size=BATCH_DOCS):
+    for rows in ds.iter(batch_size=READ_ROWS):
         texts = rows[src.text_field]
         yield [_text(t, src.path, src.text_field) for t in texts], len(texts)

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 BYTE_VOCAB_SIZE = 256
 """Byte-level tokens: every byte value is a token."""
 
@@ -28,6 +30,10 @@ class Tokenizer(Protocol):
     fingerprint: str
 
     def encode(self, text: str | bytes) -> list[int]: ...
+
+    def encode_many(self, texts: list[str | bytes]) -> list[np.ndarray]:
+        """``encode`` of each text, as integer arrays (one library call for the batch where possible)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class ByteTokenizer:
     def encode(self, text: str | bytes) -> list[int]:
         # surrogateescape: text read from a file with that handler gives back its exact bytes.
         return list(text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape"))
+
+    def encode_many(self, texts: list[str | bytes]) -> list[np.ndarray]:
+        return [np.frombuffer(t if isinstance(t, bytes) else t.encode("utf-8", "surrogateescape"), dtype=np.uint8)
+                for t in texts]
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,12 @@ class HFTokenizer:
         if hasattr(self.backend, "encode_batch"):  # tokenizers.Tokenizer
             return self.backend.encode(text, add_special_tokens=True).ids
         return list(self.backend(text, add_special_tokens=True)["input_ids"])
+
+    def encode_many(self, texts: list[str | bytes]) -> list[np.ndarray]:
+        texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in texts]
+        if hasattr(self.backend, "encode_batch"):
+            return [np.asarray(e.ids, dtype=np.int64) for e in self.backend.encode_batch(texts, add_special_tokens=True)]
+        return [np.asarray(ids, dtype=np.int64) for ids in self.backend(texts, add_special_tokens=True)["input_ids"]]
 
     def __reduce__(self):  # the Rust object does not travel; the path does
         return (load_tokenizer, (self.path,))
