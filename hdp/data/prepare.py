@@ -94,11 +94,12 @@ def _progress(source: Source, enabled: bool):
     from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    console = Console(stderr=True)
     bar = Progress(TextColumn("[bold]prepare"), BarColumn(), TaskProgressColumn(),
                    TextColumn("{task.completed:,}/{task.total:,} " + source.unit),
                    TextColumn("· {task.fields[docs]:,} docs · {task.fields[tokens]:,} tokens"),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True),
-                   transient=True)  # gone when done: the command prints a summary line, an error stays one line
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                   transient=True, disable=not console.is_terminal)  # gone when done: the command prints a summary line, an error stays one line
     task = bar.add_task("", total=source.total(), docs=0, tokens=0)
 
     def wrap(stream: Iterator[EncodedBatch]) -> Iterator[EncodedBatch]:
