@@ -66,15 +66,20 @@ class HFTokenizer:
     def encode(self, text: str | bytes) -> list[int]:
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
-        if hasattr(self.backend, "encode_batch"):  # tokenizers.Tokenizer
+        if self.is_rust:
             return self.backend.encode(text, add_special_tokens=True).ids
         return list(self.backend(text, add_special_tokens=True)["input_ids"])
 
     def encode_many(self, texts: list[str | bytes]) -> list[np.ndarray]:
         texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in texts]
-        if hasattr(self.backend, "encode_batch"):
+        if self.is_rust:
             return [np.asarray(e.ids, dtype=np.int64) for e in self.backend.encode_batch(texts, add_special_tokens=True)]
         return [np.asarray(ids, dtype=np.int64) for ids in self.backend(texts, add_special_tokens=True)["input_ids"]]
+
+    @property
+    def is_rust(self) -> bool:
+        """A ``tokenizers.Tokenizer`` (from tokenizer.json), not a transformers tokenizer."""
+        return type(self.backend).__module__.startswith("tokenizers")
 
     def __reduce__(self):  # the Rust object does not travel; the path does
         return (load_tokenizer, (self.path,))
