@@ -107,10 +107,17 @@ def _rebatch(parts: Iterator[tuple[Batch, int]]) -> Iterator[tuple[Batch, int]]:
         yield batch, advance
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:  # bytes: the byte tokenizer keeps them exactly, others decode UTF-8
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+
+
 def _text_dir(src: Source) -> Iterator[tuple[Batch, int]]:
     for p in text_files(src.path):
-        with open(p, "rb") as f:  # bytes: the byte tokenizer keeps them exactly, others decode UTF-8
-            yield [f.read()], 1
+        yield [_read_bytes(p)], 1
 
 
 def _missing_field(where: str, field: str, fields: list[str]) -> ValueError:
@@ -125,7 +132,11 @@ def _text(value: object, where: str, field: str) -> str | None:
 
 
 def _jsonl(src: Source) -> Iterator[tuple[Batch, int]]:
-    with open(src.path, "rb") as f:
+    try:
+        f = open(src.path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise ValueError(f"cannot read {src.path!r}: {e.strerror or e}") from None
+    with f:
         for no, line in enumerate(f, 1):
             if not line.strip():
                 yield [], len(line)

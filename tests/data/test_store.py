@@ -161,7 +161,15 @@ def test_train_bad_data_is_one_line_exit_2_before_any_process(tokenizer_dir, tmp
         (["--data", src, "--text-field", "body"], ["no field 'body'", "'id', 'text', 'meta'"]),
         (["--data", str(tmp_path / "missing.parquet")], ["does not exist"]),
         (["--data", src, "--tokenizer", str(tmp_path / "no-tokenizer")], ["--tokenizer", "does not exist"]),
+        (["--tokenizer", other], ["--tokenizer needs --data"]),
+        (["--data", str(tmp_path / "bad.jsonl")], ["bad.jsonl:2 is not valid JSON"]),
+        (["--data", str(tmp_path / "splits")], ["holds the splits", "no 'train'"]),
     ]
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    import datasets
+
+    datasets.DatasetDict({"a": datasets.Dataset.from_dict({"text": ["x"]}),
+                          "b": datasets.Dataset.from_dict({"text": ["y"]})}).save_to_disk(str(tmp_path / "splits"))
     for args, parts in cases:
         code, err = run_cli(capsys, *common, *args)
         assert code == 2, (args, err)
