@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-BYTE_VOCAB_SIZE = 256
-"""Byte-level tokens: every byte value is a token."""
+from hdp.data.corpus import VOCAB_SIZE as BYTE_VOCAB_SIZE  # byte-level: every byte value is a token
 
 
 class Tokenizer(Protocol):
