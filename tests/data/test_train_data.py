@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("own-data")
     tok = files.write_bpe_tokenizer(str(d / "tok"))
     src = files.write_jsonl(str(d / "docs.jsonl"), files.texts(60, seed=4))
-    prep = hdp("data", "prepare", src, "--out", str(d / "store"), "--tokenizer", tok, "--workers", "2", "--no-progress")
+    prep = hdp("data", "prepare", src, "--out", str(d / "store"), "--tokenizer", tok, "--workers", "1", "--no-progress")
     assert prep.returncode == 0, prep.stderr
     out = {}
     for name, data in (("jsonl", src), ("store", str(d / "store"))):
