@@ -151,7 +151,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     if config.offload or config.offload_ratio is not None:
         offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
                                  act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
-    reporter = Reporter(config, enabled=rank == 0)
+    reporter = Reporter(config, enabled=rank == 0, data=run.data)
     dump = BatchDump(config.dump_batches) if rank == 0 and config.dump_batches else None
     try:
         for step in range(config.steps):
@@ -175,8 +175,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
 class Reporter:
     """Rank 0's progress bar, metrics file and summary."""
 
-    def __init__(self, config: TrainConfig, enabled: bool) -> None:
-        self.config, self.enabled = config, enabled
+    def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None) -> None:
+        self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
         self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
         self._progress = None
@@ -224,6 +224,8 @@ class Reporter:
         t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
         t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
                                             f"{max(r['micro_batches_max'] for r in recs)}")
+        if self.data is not None:
+            t.add_row("data", f"{self.data.where} ({self.data.tokenizer}, {self.data.empty_documents:,} empty skipped)")
         if self.config.metrics:
             t.add_row("metrics", self.config.metrics)
         Console().print(t)
