@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hdp.data.batches import BatchStream
+from hdp.data.load import load_training_data
 from hdp.plan import get_model
 from hdp.runtime.layout import Span
 from hdp.runtime.model import build_model
@@ -47,7 +49,7 @@ def runs(tmp_path_factory):
     src = files.write_jsonl(str(d / "docs.jsonl"), files.texts(60, seed=4))
     prep = hdp("data", "prepare", src, "--out", str(d / "store"), "--tokenizer", tok, "--workers", "1", "--no-progress")
     assert prep.returncode == 0, prep.stderr
-    out = {}
+    out = {"store_path": str(d / "store")}
     for name, data in (("jsonl", src), ("store", str(d / "store"))):
         proc = hdp("train", *COMMON, "--data", data, "--tokenizer", tok, "--metrics", str(d / f"{name}.metrics"),
                    "--dump-batches", str(d / f"{name}.dump"))
@@ -69,6 +71,9 @@ def test_store_and_jsonl_give_identical_batches_and_losses(runs):
 def test_loss_recomputed_from_the_dump_equals_the_metrics(runs):
     metrics, dump = runs["store"]
     assert [r["step"] for r in dump] == [0, 1] and all(sum(map(len, r["documents"])) == 768 for r in dump)
+    stream = BatchStream(load_training_data(runs["store_path"]).corpus, 768, 256, seed=3)  # the batches, in order
+    assert [r["documents"] for r in dump] == [[list(b.read(i, 0, n)) for i, n in enumerate(b.lengths)]
+                                              for b in map(stream.batch, range(2))]
     assert any(1 in doc for r in dump for doc in r["documents"]), "the tokenizer's BOS (<s> = 1) is in the data"
     # plain single process: every sequence attended on its own with a dense mask, the textbook loss
     model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=3,
