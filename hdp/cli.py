@@ -16,6 +16,7 @@ COMMANDS = {
     "simulate": ("hdp.commands.simulate", "time plans of every strategy on a virtual cluster"),
     "calibrate": ("hdp.commands.calibrate", "measure the local device and write a profile for --profile"),
     "plot": ("hdp.commands.plot", "draw a length distribution, a plan or a training run (PNG)"),
+    "data": ("hdp.commands.data", "prepare a dataset: tokenize once into a memory-mapped token store"),
 }
 
 

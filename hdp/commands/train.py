@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="data order and initial weights (default 0)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--data", default=None, metavar="PATH",
-                   help="corpus: a directory of .py/.txt/.md files or one file (default: Python's standard library)")
+                   help="a JSONL or Parquet file, a datasets save_to_disk directory, a directory of .py/.txt/.md "
+                        "files, one text file, or a store from 'hdp data prepare' (default: Python's standard library)")
     p.add_argument("--metrics", default=None, metavar="FILE", help="write one JSON object per step here (JSONL)")
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help=f"seconds a rank waits for a peer before failing (default {d.timeout_s:g})")
@@ -39,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
                    help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="a tokenizer.json or local Hugging Face tokenizer directory (default: byte-level)")
+    p.add_argument("--text-field", default=d.text_field, metavar="NAME",
+                   help=f"field holding the text in JSONL/Parquet/datasets inputs (default {d.text_field})")
+    p.add_argument("--dump-batches", default=None, metavar="FILE",
+                   help="write each step's token ids here, one JSON line per step (rank 0)")
     p.add_argument("--export-hf", default=None, metavar="DIR",
                    help="at the end, write the model as a Hugging Face directory (config.json + model.safetensors)")
     p.add_argument("--hf-model", default=None, metavar="DIR",
@@ -65,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         progress=not args.no_progress, tensorboard=args.tensorboard, zero=args.zero, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, recompute=args.recompute,
         export_hf=args.export_hf, hf_model=args.hf_model,
+        tokenizer=args.tokenizer, text_field=args.text_field, dump_batches=args.dump_batches,
     )
 
 

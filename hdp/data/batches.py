@@ -13,6 +13,7 @@ import bisect
 import itertools
 import random
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from hdp.data.corpus import Corpus
 
@@ -37,7 +38,7 @@ class GlobalBatch:
     def lengths(self) -> list[int]:
         return [s.length for s in self.slices]
 
-    def read(self, seq: int, start: int, end: int) -> bytes:
+    def read(self, seq: int, start: int, end: int) -> Sequence[int]:
         s = self.slices[seq]
         if not 0 <= start <= end <= s.length:
             raise ValueError(f"tokens [{start}, {end}) are outside sequence {seq} of length {s.length}")

@@ -1,4 +1,7 @@
-"""Byte-level corpora: documents addressed by index, read by byte range (tokens are bytes 0..255).
+"""Corpora: documents addressed by index, read by token range.
+
+Here the byte-level ones (tokens are bytes 0..255); token-id corpora (a prepared store's memory map,
+or a tokenized file in memory) are ``hdp.data.store.TokenCorpus``, opened by ``hdp.data.load``.
 
 The default corpus needs no download: the Python standard library's own source files (found with
 ``sysconfig``, installed packages excluded), sorted by path, one document per file. Reading by range
@@ -17,12 +20,12 @@ VOCAB_SIZE = 256
 
 
 class Corpus(Protocol):
-    """Documents with known lengths, readable by byte range."""
+    """Documents with known lengths, readable by token range (``bytes`` is a sequence of byte tokens)."""
 
     @property
     def doc_lengths(self) -> Sequence[int]: ...
 
-    def read(self, doc: int, start: int, end: int) -> bytes: ...
+    def read(self, doc: int, start: int, end: int) -> Sequence[int]: ...
 
 
 @dataclass(frozen=True)
@@ -77,19 +80,7 @@ def default_corpus() -> FileCorpus:
 
 
 def load_corpus(path: str | None) -> Corpus:
-    """``None``: the default corpus; a directory: its ``*.py``/``*.txt``/``*.md`` files; a file: one document."""
-    if path is None:
-        corpus: Corpus = default_corpus()
-        where = "the Python standard library"
-    elif os.path.isdir(path):
-        found = []
-        for directory, _, files in os.walk(path):
-            found.extend(os.path.join(directory, f) for f in files if f.endswith((".py", ".txt", ".md")))
-        corpus, where = FileCorpus.from_paths(sorted(found)), path
-    elif os.path.isfile(path):
-        corpus, where = FileCorpus.from_paths([path]), path
-    else:
-        raise ValueError(f"--data {path!r} does not exist: give a directory of text files or one file")
-    if sum(corpus.doc_lengths) == 0:
-        raise ValueError(f"the corpus ({where}) has no non-empty documents: point --data at text files")
-    return corpus
+    """``None``: the default corpus; otherwise any ``--data`` source, byte-level (``hdp.data.load``)."""
+    from hdp.data.load import load_training_data  # load builds on this module
+
+    return load_training_data(path).corpus

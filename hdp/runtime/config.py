@@ -61,6 +61,12 @@ class TrainConfig:
     """Write the trained model here as a Hugging Face directory (rank 0, at the end)."""
     hf_model: str | None = None
     """Train this local Hugging Face causal-LM directory instead of the ``model`` preset."""
+    tokenizer: str | None = None
+    """A tokenizer.json or local Hugging Face tokenizer directory; None: byte-level tokens."""
+    text_field: str = "text"
+    """The field holding the text in JSONL, Parquet and datasets inputs."""
+    dump_batches: str | None = None
+    """JSONL file, one line per step with the token ids of every sequence of the batch (rank 0)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -48,6 +48,10 @@ def launch(config: TrainConfig, nproc: int) -> int:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     # Cheap checks once, in the parent: one clear line instead of the same error from every rank.
     Run.from_config(config).check_feasible(nproc)
+    if config.dump_batches:
+        from hdp.data.dump import check_writable
+
+        check_writable(config.dump_batches)
     if config.metrics:
         try:
             open(config.metrics, "w").close()

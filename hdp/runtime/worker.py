@@ -20,7 +20,9 @@ import torch
 import torch.distributed as dist
 
 from hdp.data.batches import BatchStream
-from hdp.data.corpus import VOCAB_SIZE, load_corpus
+from hdp.data.dump import BatchDump
+from hdp.data.load import TrainingData, load_training_data
+from hdp.data.tokenizer import check_vocab
 from hdp.plan import PlanError, build_cost_model, get_strategy, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.device import load_profile
@@ -47,14 +49,15 @@ class Run:
     config: TrainConfig
     stream: BatchStream
     cost: CostModel
+    data: TrainingData | None = None
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Run":
         cfg = model_shape(config)
-        if cfg.vocab_size < VOCAB_SIZE:
-            raise ValueError(f"model {config.hf_model or config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
-        stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(cfg, recompute=config.recompute, dtype=config.dtype))
+        data = load_training_data(config.data, config.tokenizer, config.text_field)
+        check_vocab(data.tokenizer, data.vocab_size, cfg.vocab_size, config.hf_model or config.model)
+        stream = BatchStream(data.corpus, config.global_batch_tokens, config.max_seq_len, config.seed)
+        return cls(config, stream, build_cost_model(cfg, recompute=config.recompute, dtype=config.dtype), data)
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
@@ -181,27 +184,32 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     if config.offload or config.offload_ratio is not None:
         offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
                                  act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
-    reporter = Reporter(config, enabled=rank == 0)
+    reporter = Reporter(config, enabled=rank == 0, data=run.data)
     peak = peak_tflops_for(device, run.cost)
+    dump = BatchDump(config.dump_batches) if rank == 0 and config.dump_batches else None
     try:
         for step in range(config.steps):
             start = time.perf_counter()
             plan = run.plan(step, world_size)
             lr = lr_at(step, lr=config.lr, steps=config.steps, schedule=config.lr_schedule,
                        warmup_steps=config.warmup_steps, min_lr=config.final_lr)
-            result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
+            batch = run.stream.batch(step)
+            result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
                                 timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload, lr=lr)
             copied = offload.offloaded_bytes if offload else 0
             elapsed = time.perf_counter() - start
             reporter.step({**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
                            "lr": lr, **fixed, **memory_record(optimizer, device)})
+            if dump is not None:  # after the step's timing: reading the whole batch is not training work
+                dump.write(step, batch)
     finally:
         reporter.close()
+        if dump is not None:
+            dump.close()
     if config.export_hf and rank == 0:
         from hdp.runtime.hf_export import export_hf
 
-        export_hf(model, config.export_hf, max_positions=config.max_seq_len,
-                  tokenizer=getattr(config, "tokenizer", None))  # --tokenizer, where the run has one
+        export_hf(model, config.export_hf, max_positions=config.max_seq_len, tokenizer=config.tokenizer)
     reporter.summary()
     return 0
 
@@ -209,8 +217,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
 class Reporter:
     """Rank 0's progress bar, metrics file and summary."""
 
-    def __init__(self, config: TrainConfig, enabled: bool) -> None:
-        self.config, self.enabled = config, enabled
+    def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None) -> None:
+        self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
         self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
         self._tensorboard = None
@@ -276,6 +284,8 @@ class Reporter:
             t.add_row("model states per rank", f"{last['state_bytes'] / 1e6:,.1f} MB measured, "
                                                f"{last['planned_state_bytes'] / 1e6:,.1f} MB planned (--zero {last['zero']}, "
                                                f"{last['param_dtype']} params, {last['master_dtype']} optimizer)")
+        if self.data is not None:
+            t.add_row("data", f"{self.data.where} ({self.data.tokenizer}, {self.data.empty_documents:,} empty skipped)")
         if self.config.metrics:
             t.add_row("metrics", self.config.metrics)
         Console().print(t)
