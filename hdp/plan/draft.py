@@ -7,6 +7,7 @@ and asks ``estimate.py`` for the predicted step time and its lower bound.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from hdp.plan.cost import CostModel
@@ -77,8 +78,4 @@ class Draft:
             extra=dict(extra or {}),
         )
         predicted, bound = estimate(plan, cost)
-        return Plan(
-            strategy=plan.strategy, num_ranks=plan.num_ranks, capacity_tokens=plan.capacity_tokens,
-            sequences=plan.sequences, rings=plan.rings, ranks=plan.ranks, pipeline_stages=stages,
-            predicted_step_time_s=predicted, lower_bound_s=bound, extra=plan.extra,
-        )
+        return dataclasses.replace(plan, predicted_step_time_s=predicted, lower_bound_s=bound)

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PLAN_FORMAT = "hdp.plan/1"
+RING_ALGOS = ("flat", "two-level", "bidirectional")
+"""How a ring moves K/V (docs/plan-format.md, fields hdp adds): ``flat`` one ring over all members;
+``two-level`` an inner ring per node and parallel outer rings across nodes; ``bidirectional`` half the
+KV heads rotate each way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +54,14 @@ class Ring:
     id: int
     seq: int
     ranks: tuple[int, ...]
+    algo: str = "flat"
+    """One of ``RING_ALGOS``; plans without the field mean ``flat``."""
 
     def __post_init__(self) -> None:
         if len(self.ranks) < 2 or len(set(self.ranks)) != len(self.ranks):
             raise ValueError(f"ring {self.id} needs >= 2 distinct ranks, got {list(self.ranks)}")
+        if self.algo not in RING_ALGOS:
+            raise ValueError(f"ring {self.id} has algo {self.algo!r}; expected one of {', '.join(RING_ALGOS)}")
 
     @property
     def size(self) -> int:
@@ -101,6 +109,8 @@ class Plan:
     rings: tuple[Ring, ...]
     ranks: tuple[RankPlan, ...]
     pipeline_stages: int = 1
+    gpus_per_node: int = 0
+    """HDP ranks per node (rank r is on node r // gpus_per_node); 0: topology not given."""
     predicted_step_time_s: float = 0.0
     lower_bound_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -114,6 +124,8 @@ class Plan:
             raise ValueError("sequences[i].id must equal i")
         if any(r.id != i for i, r in enumerate(self.rings)):
             raise ValueError("rings[i].id must equal i")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
 
     # -- JSON contract ---------------------------------------------------------------------------
     def to_dict(self, with_fingerprint: bool = True) -> dict[str, Any]:
@@ -124,7 +136,8 @@ class Plan:
             "pipeline_stages": self.pipeline_stages,
             "capacity_tokens": self.capacity_tokens,
             "sequences": [{"id": s.id, "length": s.length} for s in self.sequences],
-            "rings": [{"id": r.id, "seq": r.seq, "ranks": list(r.ranks)} for r in self.rings],
+            "rings": [{"id": r.id, "seq": r.seq, "ranks": list(r.ranks), **({"algo": r.algo} if r.algo != "flat" else {})}
+                      for r in self.rings],
             "ranks": [
                 {
                     "rank": rp.rank,
@@ -146,6 +159,8 @@ class Plan:
             "predicted_step_time_s": self.predicted_step_time_s,
             "lower_bound_s": self.lower_bound_s,
         }
+        if self.gpus_per_node:
+            d["gpus_per_node"] = self.gpus_per_node
         d.update(self.extra)
         if with_fingerprint:
             d["fingerprint"] = fingerprint_of(d)
@@ -157,15 +172,16 @@ class Plan:
             raise ValueError(f"not an {PLAN_FORMAT} plan (format={d.get('format')!r})")
         known = {
             "format", "strategy", "num_ranks", "pipeline_stages", "capacity_tokens", "sequences",
-            "rings", "ranks", "predicted_step_time_s", "lower_bound_s", "fingerprint",
+            "rings", "ranks", "predicted_step_time_s", "lower_bound_s", "fingerprint", "gpus_per_node",
         }
         plan = cls(
             strategy=d["strategy"],
             num_ranks=d["num_ranks"],
             capacity_tokens=d["capacity_tokens"],
             pipeline_stages=d.get("pipeline_stages", 1),
+            gpus_per_node=int(d.get("gpus_per_node", 0)),
             sequences=tuple(Sequence(s["id"], s["length"]) for s in d["sequences"]),
-            rings=tuple(Ring(r["id"], r["seq"], tuple(r["ranks"])) for r in d["rings"]),
+            rings=tuple(Ring(r["id"], r["seq"], tuple(r["ranks"]), r.get("algo", "flat")) for r in d["rings"]),
             ranks=tuple(
                 RankPlan(
                     rp["rank"],
