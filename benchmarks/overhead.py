@@ -34,7 +34,7 @@ from hdp.runtime.train_step import build_optimizer, train_step
 from hdp.runtime.worker import Run
 
 
-def packed_doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, *, timeout_s=None) -> torch.Tensor:
+def packed_doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:
     """The plain loop's attention: the same document-masked kernel HDP uses, called directly on the
     packed buffer, so the comparison measures the runtime around the kernel, not a kernel choice.
     (Plain ``F.scaled_dot_product_attention`` per document is about 2x slower on CPU at head_dim 8.)"""

@@ -21,10 +21,9 @@ from hdp.plan.model_config import ModelConfig
 
 
 class AttentionFn(Protocol):
-    """q [T, Hq, D], k/v [T, Hkv, D], a layout of the buffer -> out [T, Hq, D]."""
+    """q [T, Hq, D], k/v [T, Hkv, D], the micro-batch's attention metadata -> out [T, Hq, D]."""
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any, *,
-                 timeout_s: float | None) -> torch.Tensor: ...
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any) -> torch.Tensor: ...
 
 
 LayerContext = Callable[[int], ContextManager[Any]]
@@ -74,12 +73,12 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Any,
-                attention: AttentionFn, timeout_s: float | None) -> torch.Tensor:
+                attention: AttentionFn) -> torch.Tensor:
         t = x.shape[0]
         q = apply_rope(self.wq(x).view(t, self.num_heads, self.head_dim), cos, sin)      # [T, Hq, D]
         k = apply_rope(self.wk(x).view(t, self.num_kv_heads, self.head_dim), cos, sin)   # [T, Hkv, D]
         v = self.wv(x).view(t, self.num_kv_heads, self.head_dim)                         # [T, Hkv, D]
-        out = attention(q, k, v, layout, timeout_s=timeout_s)                             # [T, Hq, D]
+        out = attention(q, k, v, layout)                                                  # [T, Hq, D]
         return self.wo(out.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -103,13 +102,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Any,
-                attention: AttentionFn, timeout_s: float | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, layout, attention, timeout_s)
+                attention: AttentionFn) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, layout, attention)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(nn.Module):
-    """Token ids [T] + positions [T] + layout -> logits [T, vocab]."""
+    """Token ids [T] + positions [T] + attention metadata (built once per micro-batch) -> logits [T, vocab]."""
 
     def __init__(self, cfg: ModelConfig, attention: AttentionFn | None = None) -> None:
         super().__init__()
@@ -121,7 +120,7 @@ class Decoder(nn.Module):
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
-                layer_context: LayerContext | None = None, timeout_s: float | None = 60.0) -> torch.Tensor:
+                layer_context: LayerContext | None = None) -> torch.Tensor:
         attention = self.attention if self.attention is not None else default_attention()
         x = self.embed(tokens)                                                  # [T, h]
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
@@ -129,7 +128,7 @@ class Decoder(nn.Module):
             # Layer i runs inside layer_context(i): the hook activation offloading uses to move
             # the activations saved for backward off the device.
             with layer_context(i) if layer_context is not None else contextlib.nullcontext():
-                x = layer(x, cos, sin, layout, attention, timeout_s)
+                x = layer(x, cos, sin, layout, attention)
         return self.head(self.norm(x))                                          # [T, V]
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,10 +23,12 @@ from hdp.data.batches import BatchStream
 from hdp.data.corpus import VOCAB_SIZE, load_corpus
 from hdp.plan import build_cost_model, get_model, make_plan
 from hdp.plan.cost import CostModel
+from hdp.plan.sharding import num_offload_layers
 from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.model import build_model
-from hdp.runtime.offload import OffloadSession
+from hdp.runtime.offload import ActivationOffloader
+from hdp.runtime.peers import PeerError, collective
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
@@ -41,28 +44,70 @@ class Run:
     cost: CostModel
 
     @classmethod
-    def from_config(cls, config: TrainConfig) -> "Run":
+    def from_config(cls, config: TrainConfig, num_ranks: int | None = None) -> "Run":
+        """``capacity=None`` in ``config`` is derived for ``num_ranks`` (``default_capacity``)."""
         cfg = get_model(config.model)
         if cfg.vocab_size < VOCAB_SIZE:
             raise ValueError(f"model {config.model} has {cfg.vocab_size} tokens; byte data needs {VOCAB_SIZE}")
         stream = BatchStream(load_corpus(config.data), config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(config.model))
+        run = cls(config, stream, build_cost_model(config.model))
+        if config.capacity is None:
+            if num_ranks is None:
+                raise ValueError("capacity is None: pass num_ranks to derive it")
+            run = cls(replace(config, capacity=run.default_capacity(num_ranks)), stream, run.cost)
+        return run
+
+    @property
+    def longest(self) -> int:
+        """The longest sequence a step can hold: documents are cut at max_seq_len, batches at their size."""
+        c = self.config
+        return min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
+
+    def _make_plan(self, lengths: list[int], num_ranks: int, capacity: int) -> Plan:
+        c = self.config
+        return make_plan(lengths, num_ranks, capacity, self.cost, strategy=c.strategy, offload=c.offload,
+                         max_len=c.max_seq_len, seed=c.seed)
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
-        c = self.config
-        return make_plan(self.stream.batch(step).lengths, num_ranks, c.capacity, self.cost, strategy=c.strategy,
-                         offload=c.offload, max_len=c.max_seq_len, seed=c.seed)
+        assert self.config.capacity is not None
+        return self._make_plan(self.stream.batch(step).lengths, num_ranks, self.config.capacity)
+
+    def default_capacity(self, num_ranks: int) -> int:
+        """The smallest capacity ceil(longest / m), m <= num_ranks, at which the strategy can plan the
+        longest sequence: the default run works on any number of ranks (m = 1 always does)."""
+        for m in range(num_ranks, 1, -1):
+            capacity = math.ceil(self.longest / m)
+            try:
+                self._make_plan([self.longest], num_ranks, capacity)
+                return capacity
+            except ValueError:
+                continue
+        return self.longest
 
     def check_feasible(self, num_ranks: int) -> None:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
-        longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
+        assert c.capacity is not None
         try:
-            make_plan([longest], num_ranks, c.capacity, self.cost, strategy=c.strategy, offload=c.offload,
-                      max_len=c.max_seq_len, seed=c.seed)
-        except ValueError as e:  # the planner speaks of --ranks; here the ranks are processes
-            raise ValueError(f"{e} (documents are cut at --max-seq-len {c.max_seq_len:,})".replace("--ranks", "--nproc")) from None
+            self._make_plan([self.longest], num_ranks, c.capacity)
+        except ValueError as e:
+            raise ValueError(f"the longest sequence of a step ({self.longest:,} tokens: documents are cut at "
+                             f"max_seq_len {c.max_seq_len:,}) cannot be planned on {num_ranks} ranks at capacity "
+                             f"{c.capacity:,}: {e}") from None
+
+    def offload_layers(self) -> int | None:
+        """Layers every micro-batch offloads under the ``offload_ratio`` override (None: as planned)."""
+        c = self.config
+        if c.offload_ratio is None:
+            return None
+        layers = num_offload_layers(c.offload_ratio, self.cost.layers)
+        if layers == 0 and c.offload_ratio > 0:
+            raise ValueError(f"offload_ratio {c.offload_ratio:g} offloads no layer of model {c.model}: of its "
+                             f"{self.cost.layers} layers the first and last always stay on the device, so "
+                             f"{max(self.cost.layers - 2, 0)} can offload; use a model with more layers or a "
+                             "larger ratio")
+        return layers
 
 
 def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float,
@@ -85,13 +130,30 @@ def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float
 
 
 def pick_device(local_rank: int, use_accelerator: bool) -> torch.device:
-    """The local accelerator under torchrun when there is one, else CPU (gloo). No device literals."""
-    if use_accelerator and torch.accelerator.is_available():
+    """Local accelerator ``local_rank`` when asked for and present, else CPU (gloo). No device literals."""
+    if use_accelerator and torch.accelerator.is_available() and local_rank < torch.accelerator.device_count():
         acc = torch.accelerator.current_accelerator()
         assert acc is not None
         torch.accelerator.set_device_index(local_rank)
         return torch.device(acc.type, local_rank)
     return torch.device("cpu")
+
+
+def _gather_devices(device: torch.device, world_size: int) -> list[str]:
+    """Every rank's device, for rank 0's summary (one small collective at start-up)."""
+    if world_size == 1:
+        return [str(device)]
+    devices: list[Any] = [None] * world_size
+    with collective("gathering the ranks' devices"):
+        dist.all_gather_object(devices, str(device))
+    return [str(d) for d in devices]
+
+
+def describe_devices(devices: list[str]) -> str:
+    """``cuda:0, cuda:1 (2 ranks)``, or ``cpu (4 ranks)`` when all ranks share one name."""
+    names = devices if len(set(devices)) > 1 else devices[:1]
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"{shown} ({len(devices)} rank{'s' if len(devices) != 1 else ''})"
 
 
 def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
@@ -109,9 +171,7 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
     except ValueError as e:
         print(f"hdp train: error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    except RuntimeError as e:
-        if not is_peer_failure(e):
-            raise  # our own bug: keep the traceback
+    except (dist.DistError, PeerError) as e:  # a peer died, hung or left: not a bug of ours
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
               f"{config.timeout_s:g} s ({type(e).__name__}: {first[:300]})", file=sys.stderr, flush=True)
@@ -124,37 +184,27 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
                 pass
 
 
-PEER_FAILURE_HINTS = ("timed out", "timeout", "connection", "closed", "reset by peer", "gloo", "nccl", "socket")
-
-
-def is_peer_failure(e: BaseException) -> bool:
-    """A collective or ring message that failed because a peer died, hung or left (not a bug of ours)."""
-    from hdp.runtime.ring_comm import RingCommError
-
-    if isinstance(e, (dist.DistError, RingCommError)):
-        return True
-    text = str(e).lower()
-    return any(h in text for h in PEER_FAILURE_HINTS)
-
-
 def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool) -> int:
-    run = Run.from_config(config)
+    run = Run.from_config(config, world_size)
+    config = run.config
     run.check_feasible(world_size)
+    offload_layers = run.offload_layers()
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
     model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
     offload = None
-    if config.offload or config.offload_ratio is not None:
-        offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
-                                 act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
+    if config.offload or offload_layers:
+        offload = ActivationOffloader(device, model.cfg.num_layers, model.parameters())
     reporter = Reporter(config, enabled=rank == 0)
+    reporter.devices = _gather_devices(device, world_size)
     try:
         for step in range(config.steps):
             start = time.perf_counter()
             plan = run.plan(step, world_size)
             result = train_step(model, optimizer, plan, run.stream.batch(step), rank=rank, group=None, device=device,
-                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload)
+                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
+                                offload_layers=offload_layers)
             copied = offload.offloaded_bytes if offload else 0
             reporter.step(metrics_record(step, plan, result, time.perf_counter() - start, copied))
     finally:
@@ -169,6 +219,7 @@ class Reporter:
     def __init__(self, config: TrainConfig, enabled: bool) -> None:
         self.config, self.enabled = config, enabled
         self.records: list[dict[str, Any]] = []
+        self.devices: list[str] = []
         self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
         self._progress = None
         if enabled and config.progress:
@@ -209,6 +260,8 @@ class Reporter:
         tps = sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed)
         t = Table(title=f"hdp train · {self.config.model} · {recs[0]['strategy']}", show_header=False)
         t.add_row("steps", str(len(recs)))
+        if self.devices:
+            t.add_row("devices", describe_devices(self.devices))
         t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
         t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")
