@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from hdp.plan import get_model
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.doc_attention import doc_attention
+from hdp.runtime.launch import free_port
 from hdp.runtime.model import build_model
 from hdp.runtime.train_step import build_optimizer, train_step
 from hdp.runtime.worker import Run
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(model=args.model, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
                       capacity=args.global_batch_tokens, max_seq_len=args.max_seq_len)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))  # a fixed port collides with other runs
     dist.init_process_group("gloo", rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
     run = Run.from_config(cfg)
     cpu = torch.device("cpu")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from hdp.plan import build_cost_model, get_model, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.sharding import num_offload_layers
 from hdp.plan.types import Plan
+from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.model import build_model
 from hdp.runtime.offload import ActivationOffloader
@@ -74,10 +74,11 @@ class Run:
         return self._make_plan(self.stream.batch(step).lengths, num_ranks, self.config.capacity)
 
     def default_capacity(self, num_ranks: int) -> int:
-        """The smallest capacity ceil(longest / m), m <= num_ranks, at which the strategy can plan the
-        longest sequence: the default run works on any number of ranks (m = 1 always does)."""
+        """The smallest capacity at which the strategy can plan the longest sequence on num_ranks ranks:
+        the largest zig-zag member of it split m ways, for m = num_ranks, num_ranks - 1, ...; m = 1
+        (whole, on one rank) always works, so the default run works on any number of ranks."""
         for m in range(num_ranks, 1, -1):
-            capacity = math.ceil(self.longest / m)
+            capacity = max_member_tokens(self.longest, m)
             try:
                 self._make_plan([self.longest], num_ranks, capacity)
                 return capacity
@@ -89,12 +90,17 @@ class Run:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
         assert c.capacity is not None
-        try:
+        what = (f"the longest sequence of a step ({self.longest:,} tokens: documents are cut at max_seq_len "
+                f"{c.max_seq_len:,})")
+        needed = ranks_needed(self.longest, c.capacity)
+        if needed > num_ranks:
+            raise ValueError(f"{what} needs {needed:,} ranks at capacity {c.capacity:,} but only {num_ranks:,} "
+                             "exist: raise the number of ranks or the capacity, or lower max_seq_len")
+        try:  # what else a strategy may need (static: a divisor of the rank count that holds it)
             self._make_plan([self.longest], num_ranks, c.capacity)
         except ValueError as e:
-            raise ValueError(f"the longest sequence of a step ({self.longest:,} tokens: documents are cut at "
-                             f"max_seq_len {c.max_seq_len:,}) cannot be planned on {num_ranks} ranks at capacity "
-                             f"{c.capacity:,}: {e}") from None
+            raise ValueError(f"{what} cannot be planned on {num_ranks:,} ranks at capacity {c.capacity:,} "
+                             f"with strategy {c.strategy}: {e}") from None
 
     def offload_layers(self) -> int | None:
         """Layers every micro-batch offloads under the ``offload_ratio`` override (None: as planned)."""

@@ -10,6 +10,7 @@ import torch
 
 from hdp.runtime.offload import ActivationOffloader
 from tests.runtime.tiny_llama import TinyLlama
+from tests.runtime.tiny_llama import forward_backward as run
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,19 +25,6 @@ def model_and_batch(dim: int = 512, seq: int = 2048) -> tuple[TinyLlama, torch.T
     model = TinyLlama(vocab=256, dim=dim, heads=8, ffn=4 * dim, num_layers=NUM_LAYERS).to(device)
     tokens = torch.randint(0, 256, (1, seq), device=device)
     return model, tokens, torch.roll(tokens, -1, dims=1)
-
-
-def run(model: TinyLlama, tokens: torch.Tensor, labels: torch.Tensor,
-        off: ActivationOffloader | None, layers: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    if off is None:
-        loss = model(tokens, labels)
-        loss.backward()
-    else:
-        with off.micro_batch(layers) as ctx:
-            loss = model(tokens, labels, layer_context=ctx)
-            loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
 def offloader(model: TinyLlama, device: torch.device) -> ActivationOffloader:

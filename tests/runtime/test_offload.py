@@ -10,7 +10,7 @@ from hdp.plan import build_cost_model
 from hdp.plan.sharding import offloaded_layers, place
 from hdp.runtime.host_pool import HostBufferPool, size_class
 from hdp.runtime.offload import ActivationOffloader
-from tests.runtime.tiny_llama import TinyLlama
+from tests.runtime.tiny_llama import TinyLlama, forward_backward
 
 NUM_LAYERS = 6
 CPU = torch.device("cpu")
@@ -29,17 +29,7 @@ def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 def step(model: TinyLlama, off: ActivationOffloader | None, layers: int = 0,
          seed: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Forward and backward of one micro-batch, offloading ``layers`` layers."""
-    model.zero_grad(set_to_none=True)
-    tokens, labels = batch(seed)
-    if off is None:
-        loss = model(tokens, labels)
-        loss.backward()
-    else:
-        with off.micro_batch(layers) as ctx:
-            loss = model(tokens, labels, layer_context=ctx)
-            loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+    return forward_backward(model, *batch(seed), off, layers)
 
 
 def offloader(model: TinyLlama, **kw: object) -> ActivationOffloader:
