@@ -53,7 +53,7 @@ def launch(config: TrainConfig, nproc: int) -> int:
         rank, world_size, local_rank = under
         return run_rank(config, rank, world_size, local_rank, use_accelerator=True)
     if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        raise ValueError(f"nproc (processes to spawn) must be >= 1, got {nproc}")
     # Cheap checks once, in the parent: one clear line instead of the same error from every rank.
     run = Run.from_config(config, nproc)
     config = run.config  # the derived capacity, decided once for every rank

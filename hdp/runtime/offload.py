@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import ContextManager, Iterable, Iterator
 
 import torch
 
 from hdp.plan.sharding import offloaded_layers
 from hdp.runtime.host_pool import HostBuffer, HostBufferPool
-
-LayerContext = Callable[[int], ContextManager[None]]
+from hdp.runtime.model import LayerContext
 CUDA_MIN_BYTES = 1 << 20
 """On CUDA smaller saved tensors stay on the device: their copies are launch-bound and save little.
 On CPU every tensor is copied (the path exists there to be checked, not to save memory)."""

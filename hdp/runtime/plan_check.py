@@ -18,7 +18,7 @@ def check_world_size(plan: Plan, world_size: int) -> None:
     if plan.num_ranks != world_size:
         raise ValueError(
             f"the plan is for {plan.num_ranks} ranks but {world_size} processes are running: "
-            f"plan for the world size you launch (--nproc / torchrun --nproc-per-node)"
+            "plan for the number of processes you launch"
         )
 
 

@@ -70,7 +70,7 @@ def test_loss_and_grad_norm_equal_on_1_and_3_ranks(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
-    (["--nproc", "2", "--capacity", "64", "--max-seq-len", "1024"], "needs 16 ranks but only 2 exist"),
+    (["--nproc", "2", "--capacity", "64", "--max-seq-len", "1024"], "needs 16 ranks at capacity 64 but only 2 exist"),
     (["--data", "EMPTY"], "has no non-empty documents"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--offload-ratio", "1"], "offload_ratio 1 offloads no layer of model tiny"),
