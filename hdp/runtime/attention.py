@@ -42,10 +42,6 @@ class MicroBatchAttention:
             self.gather = rows.to(device)
             self.scatter = torch.argsort(rows).to(device)
 
-    @property
-    def num_tokens(self) -> int:
-        return self.layout.num_tokens
-
 
 def hdp_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: MicroBatchAttention, *, scale: float | None = None,
