@@ -28,9 +28,8 @@ from torch import nn
 
 from hdp.data.synthetic import sample_lengths
 from hdp.plan import CostModel, ModelConfig, build_cost_model, get_model, make_plan
-from hdp.plan.sharding import offload_token_limit, place
-from hdp.runtime.host_pool import HostBufferPool
-from hdp.runtime.offload import DEFAULT_MIN_BYTES, ActivationOffloader, num_offloaded_layers
+from hdp.plan.sharding import num_offload_layers, offload_token_limit, place
+from hdp.runtime.offload import CUDA_MIN_BYTES, ActivationOffloader
 
 
 # -- a LLaMA layer (the runtime model is not used so the benchmark isolates offloading) ------------------
@@ -86,35 +85,38 @@ class Result:
     error: str | None = None
 
 
-def run_config(model: Stack, x: torch.Tensor, name: str, ratio: float | None, mode: str, pool: HostBufferPool,
-               steps: int, ref: list[torch.Tensor] | None, act_bytes_per_layer: float,
-               min_bytes: int) -> tuple[Result, list[torch.Tensor]]:
+def offload_scope(off: ActivationOffloader, mode: str, layers: int, cuda: bool):  # type: ignore[no-untyped-def]
+    """The context one micro-batch's forward and backward run in; yields the model's layer_context."""
+    if mode == "layers":
+        return off.micro_batch(layers)
+    if mode == "save_on_cpu":  # PyTorch's baseline: every saved tensor of every layer, synchronously
+        return contextlib.nullcontext(lambda i: torch.autograd.graph.save_on_cpu(pin_memory=cuda))
+    return contextlib.nullcontext(None)
+
+
+def run_config(model: Stack, x: torch.Tensor, name: str, ratio: float | None, mode: str, off: ActivationOffloader,
+               steps: int, ref: list[torch.Tensor] | None) -> tuple[Result, list[torch.Tensor]]:
     n = len(model.layers)
-    k = n if mode == "save_on_cpu" else (num_offloaded_layers(ratio or 0.0, n) if mode == "layers" else 0)
-    res = Result(x.shape[1], name, ratio, k)
+    layers = num_offload_layers(ratio or 0.0, n) if mode == "layers" else 0
+    res = Result(x.shape[1], name, ratio, n if mode == "save_on_cpu" else layers)
     cuda = x.device.type == "cuda"
     times, grads = [], []
     try:
         for _ in range(steps + 1):  # the first step warms up (and grows the pool)
             model.zero_grad(set_to_none=True)
             x.grad = None
-            off = None
-            if mode != "none":
-                off = ActivationOffloader(ratio or 0.0, n, x.device, pool=pool, params=model.parameters(), mode=mode,  # type: ignore[arg-type]
-                                          act_bytes_per_layer=act_bytes_per_layer, min_bytes=min_bytes)
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             t0 = time.perf_counter()
-            loss = model(x, off.layer_context if off else None)
-            loss.backward()
+            with offload_scope(off, mode, layers, cuda) as layer_context:
+                loss = model(x, layer_context)
+                loss.backward()
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-            if off:
-                off.close()
-            if off and mode == "layers":
+            if mode == "layers":
                 res.offloaded_gib = off.stats.offloaded_bytes / 2**30
             if cuda:
                 res.peak_gib = torch.cuda.max_memory_allocated() / 2**30
@@ -124,7 +126,7 @@ def run_config(model: Stack, x: torch.Tensor, name: str, ratio: float | None, mo
     except torch.OutOfMemoryError:
         res.error = "OOM"
         return res, []
-    except RuntimeError as e:  # e.g. host memory too small for the plan: raised before the step
+    except RuntimeError as e:  # e.g. pinned host memory unavailable: raised before the step
         res.error = str(e).split("\n")[0][:120]
         return res, []
     res.step_s = statistics.median(times[1:])
@@ -164,9 +166,8 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         torch.manual_seed(0)
         model = Stack(cfg).to(device=device, dtype=dtype)
         x = torch.randn(1, t, cfg.hidden_size, device=device, dtype=dtype, requires_grad=True)
-        # Host memory the check expects: the cost model's Act(s) scaled to this shape (x2 for fp64 on CPU).
-        act = build_cost_model(cfg).act_bytes(t) * dtype.itemsize / 2
-        pool = HostBufferPool(pin_memory=cuda)
+        min_bytes = args.min_bytes if args.min_bytes is not None else (CUDA_MIN_BYTES if cuda else 0)
+        off = ActivationOffloader(device, cfg.num_layers, model.parameters(), min_bytes=min_bytes)
         # The planner's ratio for a llama-7b rank holding t_full tokens (the CPU form borrows the CUDA sizes').
         r_plan, r_hide = planner_ratio(cost7b, capacity, t_full)
         ratios[t] = {"planner_tokens": t_full, "r_fit": r_plan, "r_hide_max": r_hide}
@@ -176,15 +177,14 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         configs += [("r=0.5", 0.5, "layers"), ("r=1.0", 1.0, "layers"), ("save_on_cpu", None, "save_on_cpu")]
         ref = None
         for name, ratio, mode in configs:
-            min_bytes = args.min_bytes if args.min_bytes is not None else (DEFAULT_MIN_BYTES if cuda else 0)
-            res, grads = run_config(model, x, name, ratio, mode, pool, args.steps, ref, act, min_bytes)
+            res, grads = run_config(model, x, name, ratio, mode, off, args.steps, ref)
             if ref is None:
                 ref = grads or None
             results.append(res)
             del grads
             if cuda:
                 torch.cuda.empty_cache()
-        del model, x, pool
+        del model, x, off
         if cuda:
             torch.cuda.empty_cache()
             _empty_host_cache()

@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from hdp.plan import get_model
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.doc_attention import doc_attention
+from hdp.runtime.launch import free_port
 from hdp.runtime.model import build_model
 from hdp.runtime.train_step import build_optimizer, train_step
 from hdp.runtime.worker import Run
 
 
-def packed_doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, *, timeout_s=None) -> torch.Tensor:
+def packed_doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:
     """The plain loop's attention: the same document-masked kernel HDP uses, called directly on the
     packed buffer, so the comparison measures the runtime around the kernel, not a kernel choice.
     (Plain ``F.scaled_dot_product_attention`` per document is about 2x slower on CPU at head_dim 8.)"""
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(model=args.model, steps=args.steps, global_batch_tokens=args.global_batch_tokens,
                       capacity=args.global_batch_tokens, max_seq_len=args.max_seq_len)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))  # a fixed port collides with other runs
     dist.init_process_group("gloo", rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
     run = Run.from_config(cfg)
     cpu = torch.device("cpu")

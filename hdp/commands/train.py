@@ -15,14 +15,17 @@ DEFAULTS = TrainConfig()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    p.add_argument("--ranks", "--nproc", dest="nproc", type=int, default=4, help="local CPU processes to spawn (ignored under torchrun; default 4)")
+    p.add_argument("--ranks", "--nproc", dest="nproc", type=int, default=4,
+                   help="local processes to spawn, one accelerator each when there are enough, else CPU "
+                        "(ignored under torchrun; default 4)")
     p.add_argument("--model", default=d.model, choices=list(PRESETS), help=f"model preset (default {d.model})")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES), help=f"default {d.dtype}")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
     p.add_argument("--global-batch-tokens", type=int, default=d.global_batch_tokens,
                    help=f"tokens per step, independent of the number of ranks (default {d.global_batch_tokens})")
     p.add_argument("--capacity", type=int, default=d.capacity,
-                   help=f"tokens per rank per micro-batch; longer sequences are split into rings (default {d.capacity})")
+                   help="tokens per rank per micro-batch; longer sequences are split into rings "
+                        "(default: the smallest that holds --max-seq-len on --nproc ranks)")
     add_max_len(p, f"documents are cut into pieces of at most this many tokens (default {d.max_seq_len})",
                 default=d.max_seq_len, dest="max_seq_len")
     p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy,
@@ -38,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", action="store_true",
                    help="kept for old scripts: hdp-naive -> hdp-offload, hdp-balance -> hdp (hdp already offloads)")
     p.add_argument("--offload-ratio", type=float, default=None, metavar="R",
-                   help="offload R of the middle layers in every micro-batch, overriding the plan (tests, benchmarks)")
+                   help="offload round(R * (layers - 2)) layers in every micro-batch, overriding the plan; "
+                        "a ratio that offloads no layer of the model is an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="a tokenizer.json or local Hugging Face tokenizer directory (default: byte-level)")

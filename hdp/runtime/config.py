@@ -23,8 +23,10 @@ class TrainConfig:
     steps: int = 20
     global_batch_tokens: int = 4096
     """Tokens per step, whatever the number of ranks."""
-    capacity: int = 256
-    """Tokens one micro-batch may hold on one rank (the planner's C); longer sequences become rings."""
+    capacity: int | None = None
+    """Tokens one micro-batch may hold on one rank (the planner's C); longer sequences become rings.
+    None: the smallest that lets the strategy hold ``max_seq_len`` on the ranks launched (256 for the
+    default 1,024-token documents on 4 ranks, 1,024 on 1 rank)."""
     max_seq_len: int = 1024
     """Documents are cut into pieces of at most this many tokens."""
     strategy: Literal["hdp", "static", "pow2"] = "hdp"
@@ -38,7 +40,8 @@ class TrainConfig:
     offload: bool = False
     """Plan with selective activation offloading (make_plan(offload=True))."""
     offload_ratio: float | None = None
-    """Offload this ratio of layers in every micro-batch, whatever the plan says (tests, benchmarks)."""
+    """Offload round(R * (layers - 2)) layers in every micro-batch, whatever the plan says (a user
+    override; converted to whole layers once, by the planner's rule)."""
     data: str | None = None
     """Corpus directory or file; None: the Python standard library's source."""
     metrics: str | None = None
@@ -74,7 +77,7 @@ class TrainConfig:
         if self.strategy not in TRAIN_STRATEGIES:
             raise ValueError(f"--strategy must be one of {', '.join(TRAIN_STRATEGIES)}, got {self.strategy!r}")
         for name in ("steps", "global_batch_tokens", "capacity", "max_seq_len"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.timeout_s < math.inf:
             raise ValueError(f"--timeout must be a finite number of seconds > 0, got {self.timeout_s}")

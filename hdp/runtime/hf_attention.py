@@ -4,7 +4,7 @@
 attention layer calls) and to ``AttentionMaskInterface`` (the function the model calls once per
 forward to build its mask). No modelling file is patched or copied.
 
-The micro-batch's ``AttentionLayout`` (documents, ring pieces, peers) reaches the attention function
+The micro-batch's ``MicroBatchAttention`` (layout, packed-document metadata, ring contexts with their timeout) reaches the attention function
 as the forward keyword ``hdp_layout``: transformers hands a causal LM's extra forward kwargs down to
 every attention call, so each call sees the layout of the micro-batch it runs, with no global state.
 Positions (RoPE) come from ``position_ids``: the true positions of packed documents and ring pieces.
@@ -20,12 +20,10 @@ from typing import Any
 
 import torch
 
-from hdp.runtime.attention import hdp_attention
-from hdp.runtime.layout import AttentionLayout
+from hdp.runtime.attention import MicroBatchAttention, hdp_attention
 
 ATTN_IMPLEMENTATION = "hdp"
 LAYOUT_KWARG = "hdp_layout"
-TIMEOUT_KWARG = "hdp_timeout_s"
 
 
 def hdp_attention_forward(
@@ -33,8 +31,8 @@ def hdp_attention_forward(
     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: query [1, Hq, T, D], key/value [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
-    layout: AttentionLayout | None = kwargs.get(LAYOUT_KWARG)
-    if layout is None:
+    batch: MicroBatchAttention | None = kwargs.get(LAYOUT_KWARG)
+    if batch is None:
         raise ValueError(f"attn_implementation={ATTN_IMPLEMENTATION!r} needs the micro-batch layout: call the "
                          f"model with {LAYOUT_KWARG}=... (hdp.runtime.hf_model.HFCausalLM does)")
     if query.shape[0] != 1:
@@ -44,12 +42,12 @@ def hdp_attention_forward(
     if kwargs.get("softcap") is not None:
         raise ValueError("attention logit soft-capping is not supported by hdp attention")
     window = kwargs.get("sliding_window")
-    if window is not None and any(s.pos_start + s.num_tokens > window for s in layout.spans):
+    if window is not None and any(s.pos_start + s.num_tokens > window for s in batch.layout.spans):
         raise ValueError(f"sliding-window attention (window {window}) is not supported by hdp attention")
     q = query[0].transpose(0, 1)                                      # [T, Hq, D]
     k = key[0].transpose(0, 1)                                        # [T, Hkv, D]
     v = value[0].transpose(0, 1)
-    out = hdp_attention(q, k, v, layout, timeout_s=kwargs.get(TIMEOUT_KWARG, 60.0), scale=scaling)
+    out = hdp_attention(q, k, v, batch, scale=scaling)
     return out[None], None                                            # [1, T, Hq, D]
 
 

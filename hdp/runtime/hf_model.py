@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hdp.plan.model_config import ModelConfig
-from hdp.runtime.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, TIMEOUT_KWARG, register
+from hdp.runtime.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, register
 from hdp.runtime.model import LayerContext
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
@@ -114,10 +114,10 @@ class HFCausalLM(nn.Module):
         return self.hf.model.layers
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
-                layer_context: LayerContext | None = None, timeout_s: float | None = 60.0) -> torch.Tensor:
+                layer_context: LayerContext | None = None) -> torch.Tensor:
         with _layer_hooks(self.layers, layer_context):
             out = self.hf(input_ids=tokens[None], position_ids=positions[None], use_cache=False,
-                          **{LAYOUT_KWARG: layout, TIMEOUT_KWARG: timeout_s})
+                          **{LAYOUT_KWARG: layout})
         return out.logits[0]                                                    # [T, V]
 
     def save_hf(self, out_dir: str | Path) -> None:

@@ -1,5 +1,6 @@
-"""Start the ranks: under torchrun run this process as one rank; otherwise spawn ``nproc`` local CPU
-processes over gloo and watch them.
+"""Start the ranks: under torchrun run this process as one rank; otherwise spawn ``nproc`` local
+processes and watch them. Local ranks use the local accelerators (one each, NCCL) when there are at
+least ``nproc`` of them, else CPU processes over gloo.
 
 The parent never waits on a dead rank: when one exits non-zero it gives the others a short grace to
 report their own error, then terminates the rest and returns non-zero. So a failure anywhere ends
@@ -26,14 +27,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _child(config: TrainConfig, rank: int, world_size: int, port: int, threads: int) -> None:
+def _child(config: TrainConfig, rank: int, world_size: int, port: int, threads: int, use_accelerator: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
 
     torch.set_num_threads(threads)
     from hdp.runtime.worker import run_rank
 
-    sys.exit(run_rank(config, rank, world_size, rank, use_accelerator=False))
+    sys.exit(run_rank(config, rank, world_size, rank, use_accelerator=use_accelerator))
+
+
+def local_accelerators() -> int:
+    """Accelerators this machine has (0 without one); counting them does not initialise a device."""
+    import torch
+
+    return torch.accelerator.device_count() if torch.accelerator.is_available() else 0
 
 
 def launch(config: TrainConfig, nproc: int) -> int:
@@ -45,9 +53,12 @@ def launch(config: TrainConfig, nproc: int) -> int:
         rank, world_size, local_rank = under
         return run_rank(config, rank, world_size, local_rank, use_accelerator=True)
     if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        raise ValueError(f"nproc (processes to spawn) must be >= 1, got {nproc}")
     # Cheap checks once, in the parent: one clear line instead of the same error from every rank.
-    Run.from_config(config).check_feasible(nproc)
+    run = Run.from_config(config, nproc)
+    config = run.config  # the derived capacity, decided once for every rank
+    run.check_feasible(nproc)
+    run.offload_layers()
     if config.dump_batches:
         from hdp.data.dump import check_writable
 
@@ -65,12 +76,15 @@ def launch(config: TrainConfig, nproc: int) -> int:
 
 
 def spawn(config: TrainConfig, nproc: int) -> int:
+    use_accelerator = local_accelerators() >= nproc
     # fork: children reuse the parent's imports (torch takes seconds to import on a small machine).
-    # Safe here: the parent has run no torch ops and started no threads; spawn where fork is missing.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Safe for CPU ranks: the parent has run no torch ops and started no threads. Accelerator ranks
+    # start fresh (a device runtime must not be inherited through fork), as does any system without fork.
+    fork = not use_accelerator and "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    procs = [ctx.Process(target=_child, args=(config, r, nproc, port, threads), name=f"hdp-rank-{r}")
+    procs = [ctx.Process(target=_child, args=(config, r, nproc, port, threads, use_accelerator), name=f"hdp-rank-{r}")
              for r in range(nproc)]
     for p in procs:
         p.start()

@@ -6,14 +6,13 @@ pieces), and, per kind of work, the rows it owns: whole sequences run document-m
 attention locally; ring pieces run ring attention with the ring's other members.
 
 Everything here is a pure function of ``(plan, rank, mb_index)``, so every rank's view is
-testable in one process.
+testable in one process; the device-side metadata built from it once per micro-batch is
+``attention.MicroBatchAttention``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
 
 from hdp.plan.zigzag import member_pieces
 from hdp.plan.types import Plan, Segment
@@ -181,18 +180,3 @@ def _ring_slot(plan: Plan, ring, rank: int, mb_index: int, held: list[tuple[Segm
     anchor = held[0][1].start if held else end_row
     pieces = tuple(spans.get(w, Span(ring.seq, anchor, anchor, w[0])) for w in want)
     return RingSlot(ring.id, ring.seq, length, tuple(ring.ranks), pos, pieces)  # type: ignore[arg-type]
-
-
-def token_index(layout: AttentionLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(seq_ids, positions)`` of every buffer row, int64 [T] each, on CPU.
-
-    The training loop gathers token ids (``tokens[seq][pos]``) and labels (``tokens[seq][pos + 1]``,
-    so the last token of a piece is labelled by the first token of the next piece) with these, and
-    feeds ``positions`` to RoPE.
-    """
-    seq_ids = torch.empty(layout.num_tokens, dtype=torch.int64)
-    positions = torch.empty(layout.num_tokens, dtype=torch.int64)
-    for s in layout.spans:
-        seq_ids[s.start:s.end] = s.seq
-        positions[s.start:s.end] = torch.arange(s.pos_start, s.pos_start + s.num_tokens)
-    return seq_ids, positions

@@ -24,10 +24,9 @@ from hdp.plan.model_config import ModelConfig
 
 
 class AttentionFn(Protocol):
-    """q [T, Hq, D], k/v [T, Hkv, D], a layout of the buffer -> out [T, Hq, D]."""
+    """q [T, Hq, D], k/v [T, Hkv, D], the micro-batch's attention metadata -> out [T, Hq, D]."""
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any, *,
-                 timeout_s: float | None) -> torch.Tensor: ...
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any) -> torch.Tensor: ...
 
 
 LayerContext = Callable[[int], ContextManager[Any]]
@@ -85,12 +84,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Any,
-                attention: AttentionFn, timeout_s: float | None) -> torch.Tensor:
+                attention: AttentionFn) -> torch.Tensor:
         t = x.shape[0]
         q = apply_rope(self.q_proj(x).view(t, self.num_heads, self.head_dim), cos, sin)      # [T, Hq, D]
         k = apply_rope(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim), cos, sin)   # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)                         # [T, Hkv, D]
-        out = attention(q, k, v, layout, timeout_s=timeout_s)                                 # [T, Hq, D]
+        out = attention(q, k, v, layout)                                                      # [T, Hq, D]
         return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -114,8 +113,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Any,
-                attention: AttentionFn, timeout_s: float | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout, attention, timeout_s)
+                attention: AttentionFn) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -130,7 +129,7 @@ class Trunk(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Token ids [T] + positions [T] + layout -> logits [T, vocab].
+    """Token ids [T] + positions [T] + attention metadata (built once per micro-batch) -> logits [T, vocab].
 
     ``model.*`` and ``lm_head`` are named as in HF ``LlamaForCausalLM`` (untied embeddings).
     """
@@ -149,7 +148,7 @@ class Decoder(nn.Module):
         return self.model.layers
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
-                layer_context: LayerContext | None = None, timeout_s: float | None = 60.0) -> torch.Tensor:
+                layer_context: LayerContext | None = None) -> torch.Tensor:
         attention = self.attention if self.attention is not None else default_attention()
         x = self.model.embed_tokens(tokens)                                     # [T, h]
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
@@ -158,9 +157,9 @@ class Decoder(nn.Module):
             # the activations saved for backward off the device.
             with layer_context(i) if layer_context is not None else contextlib.nullcontext():
                 if self.recompute and torch.is_grad_enabled():
-                    x = checkpoint(layer, x, cos, sin, layout, attention, timeout_s, use_reentrant=False)
+                    x = checkpoint(layer, x, cos, sin, layout, attention, use_reentrant=False)
                 else:
-                    x = layer(x, cos, sin, layout, attention, timeout_s)
+                    x = layer(x, cos, sin, layout, attention)
         return self.lm_head(self.model.norm(x))                                 # [T, V]
 
 

@@ -1,18 +1,10 @@
-"""Selective activation offloading for one micro-batch: whole layers keep their saved tensors on the host.
+"""Selective activation offloading: whole layers keep their saved tensors in host memory.
 
-The planner (hdp.plan.sharding.place) picks a ratio r = j / (l - 2) per micro-batch. Of a rank's l
-layers the first and the last stay resident; j of the l - 2 middle layers copy their saved activations
-to host memory during the forward and bring them back just before their backward (DESIGN.md: device
-memory (2 + (1 - r)(l - 2)) * Act(s) instead of l * Act(s)).
-
-Which layers: spread evenly, each offloaded layer j followed by resident layers (``offloaded_layers``).
-Layer j's device->host copy then hides under the forward of layer j + 1 and its host->device prefetch,
-started when the backward enters layer j + 1, hides under that layer's backward. Because the highest
-offloaded layer sits below the last layer whenever r < 1, its prefetch starts after the last layer's
-activations were freed, so the device peak stays at the formula's value. Offloading the last middle
-layers first would instead prefetch layer l - 2 while layer l - 1 still holds its activations (one
-layer above the formula at the start of the backward) and leave the last copies in flight at the end of
-the forward.
+The planner decides, per micro-batch, how many layers offload (``MicroBatch.offload_layers``) and
+the rule for which ones sits beside its memory formula (``hdp.plan.sharding.offloaded_layers``: the
+first and last layers stay resident, the others are spread so each offloaded layer is followed by
+resident ones). Layer j's device->host copy then hides under the forward of layer j + 1, and its
+host->device prefetch, started when the backward enters layer j + 1, under that layer's backward.
 
 Stream and event discipline (CUDA):
 * pack: the copy stream waits for the compute stream (the tensor is produced there) and for the host
@@ -22,403 +14,229 @@ Stream and event discipline (CUDA):
   compute stream (the allocation may reuse a block freed by queued kernels) and for the device->host
   event; one event per layer marks the copies done and becomes the host buffers' ``ready`` event.
 * unpack: the compute stream waits for the layer's prefetch event before any kernel reads the tensor.
-Nothing here synchronises the host with the device.
-
-On a CPU device the same path runs with plain copies into separate host buffers, so the tests check
-the bookkeeping and bit-exactness without a GPU.
+Nothing here synchronises the host with the device. On a CPU device the same path runs with plain
+copies into separate host buffers, so the tests check bookkeeping and bit-exactness without a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
-from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterable, Iterator, Literal
+from dataclasses import dataclass
+from typing import ContextManager, Iterable, Iterator
 
 import torch
 
+from hdp.plan.sharding import offloaded_layers
 from hdp.runtime.host_pool import HostBuffer, HostBufferPool
-
-OffloadMode = Literal["layers", "save_on_cpu"]
-"""``layers``: this module's selective offloading. ``save_on_cpu``: PyTorch's baseline that copies every
-saved tensor of every layer synchronously (torch.autograd.graph.save_on_cpu)."""
-DEFAULT_MIN_BYTES = 1 << 20
-"""Smaller saved tensors stay on the device: their copies are launch-bound and save little memory."""
-
-
-def num_offloaded_layers(offload_ratio: float, num_layers: int) -> int:
-    """round(r * (l - 2)): the planner's ratios are whole layers, j / (l - 2)."""
-    return int(offload_ratio * max(num_layers - 2, 0) + 0.5)
-
-
-def offloaded_layers(offload_ratio: float, num_layers: int) -> tuple[int, ...]:
-    """The middle layers whose activations go to the host, spread so each is followed by resident ones.
-
-    Layer 1 + floor(t * (l - 2) / k) for t < k: the gaps fall above each offloaded layer, which is
-    where the copies hide (forward of the next layer, backward of the next layer).
-    """
-    check_ratio(offload_ratio)
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    k = num_offloaded_layers(offload_ratio, num_layers)
-    middle = num_layers - 2
-    return tuple(1 + (t * middle) // k for t in range(k))
-
-
-def check_ratio(offload_ratio: float) -> None:
-    if isinstance(offload_ratio, bool) or not isinstance(offload_ratio, (int, float)) or not (0.0 <= offload_ratio <= 1.0):
-        raise ValueError(f"offload ratio {offload_ratio!r} is outside [0, 1]; use the plan's micro-batch offload_ratio")
-
-
-@dataclass(frozen=True, slots=True)
-class OffloadPlan:
-    """Which of a rank's layers offload for one micro-batch (pure data, no device state)."""
-
-    offload_ratio: float
-    num_layers: int
-    layers: tuple[int, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", offloaded_layers(self.offload_ratio, self.num_layers))
-
-    def host_bytes(self, act_bytes_per_layer: float) -> int:
-        """Host memory the plan needs for activations of ``act_bytes_per_layer`` per layer."""
-        return int(len(self.layers) * act_bytes_per_layer)
+from hdp.runtime.model import LayerContext
+CUDA_MIN_BYTES = 1 << 20
+"""On CUDA smaller saved tensors stay on the device: their copies are launch-bound and save little.
+On CPU every tensor is copied (the path exists there to be checked, not to save memory)."""
 
 
 @dataclass(slots=True)
 class OffloadStats:
+    """Counters of one micro-batch (``ActivationOffloader.stats`` is the last one's)."""
+
     offloaded_tensors: int = 0
     offloaded_bytes: int = 0
     deduplicated: int = 0
     """Saves of a tensor already offloaded by the same layer (e.g. the norm output read by q, k and v)."""
     skipped_params: int = 0
     skipped_small: int = 0
-    skipped_other: int = 0
-    """Other devices, non-dense views, empty tensors: kept on the device."""
     prefetched_layers: int = 0
     late_fetches: int = 0
     """Layers whose backward began before their prefetch was issued (fetched then, still on the side stream)."""
 
 
-def available_host_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where it cannot be read (no check then)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _is_dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: some permutation of the dimensions is contiguous (span == numel)."""
-    expected = 1
-    dims = sorted(((st, s) for s, st in zip(t.shape, t.stride()) if s != 1))
-    for stride, size in dims:
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _with_index(device: torch.device) -> torch.device:
-    """cuda -> cuda:<current>, so comparing it with a tensor's device (always indexed) works."""
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 class _Offloaded:
     """What autograd holds instead of a saved device tensor of an offloaded layer."""
 
-    __slots__ = ("layer", "buffer", "host", "size", "stride", "dtype", "d2h_done", "h2d_done", "device_tensor",
-                 "released", "__weakref__")
+    __slots__ = ("buffer", "host", "size", "stride", "dtype", "d2h_done", "h2d_done", "device_tensor")
 
-    def __init__(self, layer: int, buffer: HostBuffer, host: torch.Tensor, t: torch.Tensor, d2h_done: object) -> None:
-        self.layer = layer
+    def __init__(self, buffer: HostBuffer, host: torch.Tensor, t: torch.Tensor, d2h_done: object) -> None:
         self.buffer: HostBuffer | None = buffer
         self.host: torch.Tensor | None = host
-        self.size = t.shape
-        self.stride = t.stride()
-        self.dtype = t.dtype
-        self.d2h_done = d2h_done
-        self.h2d_done: object | None = None
+        self.size, self.stride, self.dtype = t.shape, t.stride(), t.dtype
+        self.d2h_done, self.h2d_done = d2h_done, None
         self.device_tensor: torch.Tensor | None = None
-        self.released = False
 
 
 class ActivationOffloader:
-    """Offloads the saved activations of one micro-batch; use once per micro-batch, as a context manager.
+    """One rank's activation offloading, for the whole run: one host pool, reused by every micro-batch.
 
-    ``with ActivationOffloader(mb.offload_ratio, num_layers, device, pool=pool, params=model.parameters()) as off:
-    loss = model(..., layer_context=off.layer_context); loss.backward()``. Leaving the block returns the
-    host buffers to ``pool`` (keep one pool per rank so they are reused across micro-batches and steps).
-    Checks that can fail (ratio, pinned memory, host memory) run in the constructor, before the step.
+    ``with off.micro_batch(mb.offload_layers) as layer_context: loss = model(..., layer_context=...);
+    loss.backward()``: the block must hold the forward *and* the backward; leaving it returns the host
+    buffers to the pool. ``layer_context`` is None when nothing is offloaded.
     """
 
-    def __init__(
-        self,
-        offload_ratio: float,
-        num_layers: int,
-        device: torch.device | str,
-        *,
-        pool: HostBufferPool | None = None,
-        params: Iterable[torch.Tensor] = (),
-        mode: OffloadMode = "layers",
-        min_bytes: int = DEFAULT_MIN_BYTES,
-        act_bytes_per_layer: float | None = None,
-        prefetch_distance: int = 1,
-    ) -> None:
-        check_ratio(offload_ratio)
-        if mode not in ("layers", "save_on_cpu"):
-            raise ValueError(f"unknown offload mode {mode!r}; choose 'layers' or 'save_on_cpu'")
-        if prefetch_distance < 1:
-            raise ValueError(f"prefetch_distance must be >= 1, got {prefetch_distance}")
-        self.plan = OffloadPlan(offload_ratio, num_layers)
-        self.mode: OffloadMode = mode
-        self.device = _with_index(torch.device(device))
-        self.min_bytes = min_bytes
-        self.prefetch_distance = prefetch_distance
-        self.stats = OffloadStats()
+    def __init__(self, device: torch.device | str, num_layers: int, params: Iterable[torch.Tensor] = (), *,
+                 min_bytes: int | None = None) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # tensors' devices are always indexed
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.num_layers = num_layers
         self._cuda = self.device.type == "cuda"
-        offloads = mode == "save_on_cpu" or bool(self.plan.layers)
-        if offloads and self._cuda and not torch.cuda.is_available():
-            raise RuntimeError(f"offloading to {self.device} requested but CUDA is not available")
-        self.pool = pool if pool is not None else HostBufferPool(pin_memory=self._cuda)
-        if self.pool.pin_memory != self._cuda:
-            raise ValueError(f"the host pool has pin_memory={self.pool.pin_memory} but the device is {self.device}: "
-                             "pin host buffers exactly for CUDA devices")
-        if offloads and self._cuda:
-            self.pool.check_pinnable()
-        if offloads and act_bytes_per_layer is not None:
-            layers = num_layers if mode == "save_on_cpu" else len(self.plan.layers)
-            self._check_host_memory(int(layers * act_bytes_per_layer))
-        self._offloaded = frozenset(self.plan.layers) if mode == "layers" else frozenset()
-        # Resident layers just above an offloaded one need hooks too: their backward starts the prefetch.
-        self._hooked = frozenset(j + d for j in self._offloaded for d in range(prefetch_distance + 1)
-                                 if j + d < num_layers)
+        self.min_bytes = (CUDA_MIN_BYTES if self._cuda else 0) if min_bytes is None else min_bytes
         self._param_storages = frozenset(p.untyped_storage().data_ptr() for p in params)
-        self._pending: dict[int, list[_Offloaded]] = {}
+        self.pool = HostBufferPool(pin_memory=self._cuda)
+        self.stats = OffloadStats()
+        self.offloaded_bytes = 0
+        """Bytes copied to the host so far (all micro-batches, all steps)."""
+        self._streams: tuple[torch.cuda.Stream, torch.cuda.Stream] | None = None
+        self._live: dict[int, list[_Offloaded]] | None = None  # layer -> handles not yet fetched
+        self._handles: list[_Offloaded] = []
         self._entered: set[int] = set()
-        self._buffers: list[tuple[HostBuffer, weakref.ref[_Offloaded]]] = []
         self._seen: dict[tuple[int, int], tuple[torch.Tensor, _Offloaded]] = {}
-        self._closed = False
-        if self._cuda and self._offloaded:
-            self._d2h = torch.cuda.Stream(self.device)
-            self._h2d = torch.cuda.Stream(self.device)
-
-    def _check_host_memory(self, needed: int) -> None:
-        """Fail before the step, not halfway through a forward, when the host cannot hold the copies."""
-        available = available_host_bytes()
-        if available is None:
-            return
-        reusable = self.pool.free_bytes  # already allocated by earlier micro-batches
-        if needed > available + reusable:
-            raise RuntimeError(
-                f"offloading needs about {needed / 2**30:.1f} GiB of host memory for this micro-batch but only "
-                f"{(available + reusable) / 2**30:.1f} GiB are available: lower the offload ratio (plan without "
-                "--offload or with a smaller capacity) or free host memory")
-
-    # -- the model's hook ---------------------------------------------------------------------------------
-    def layer_context(self, i: int) -> ContextManager[None]:
-        """The context layer ``i``'s forward runs in (pass the bound method as the model's layer_context)."""
-        if not 0 <= i < self.plan.num_layers:
-            raise IndexError(f"layer {i} outside 0..{self.plan.num_layers - 1}")
-        if self._closed:
-            raise RuntimeError("this ActivationOffloader's micro-batch has ended; make one per micro-batch")
-        if self.mode == "save_on_cpu":
-            return torch.autograd.graph.save_on_cpu(pin_memory=self._cuda)
-        if i not in self._hooked:
-            return contextlib.nullcontext()
-        return self._layer(i)
 
     @contextlib.contextmanager
-    def _layer(self, i: int) -> Iterator[None]:
-        hooks = torch.autograd.graph.saved_tensors_hooks(functools.partial(self._pack, i),
-                                                         functools.partial(self._unpack, i))
+    def micro_batch(self, offload_layers: int) -> Iterator[LayerContext | None]:
+        """Offload ``offload_layers`` layers (chosen by the planner's rule) of one micro-batch."""
+        chosen = frozenset(offloaded_layers(offload_layers, self.num_layers))
+        if not chosen:
+            yield None
+            return
+        if self._live is not None:
+            raise RuntimeError("micro-batches cannot nest: finish one's backward before the next forward")
+        if self._cuda:
+            self.pool.check_pinnable()  # fail before the step, not halfway through a forward
+            if self._streams is None:
+                self._streams = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device)
+        self.stats, self._live, self._entered = OffloadStats(), {}, set()
+        # A resident layer just above an offloaded one needs hooks too: its backward starts the prefetch.
+        hooked = chosen | {j + 1 for j in chosen if j + 1 < self.num_layers}
+
+        def layer_context(i: int) -> ContextManager[None]:
+            if self._live is None:
+                raise RuntimeError("this micro-batch has ended; offloading hooks belong to one micro-batch")
+            return self._layer(i, i in chosen) if i in hooked else contextlib.nullcontext()
+
         try:
-            with hooks:
+            yield layer_context
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Return every host buffer; a later unpack of this micro-batch raises (no silent reuse)."""
+        for h in self._handles:
+            if h.buffer is not None:
+                self.pool.release(h.buffer)
+            h.buffer = h.host = None
+        self.offloaded_bytes += self.stats.offloaded_bytes
+        self._handles, self._live = [], None
+
+    @contextlib.contextmanager
+    def _layer(self, i: int, offload: bool) -> Iterator[None]:
+        pack = functools.partial(self._pack, i) if offload else _keep
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, functools.partial(self._unpack, i)):
                 yield
         finally:
             self._seen.clear()  # the strong references that made de-duplication by id() safe
 
-    # -- micro-batch lifetime ----------------------------------------------------------------------------
-    def __enter__(self) -> ActivationOffloader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Return every host buffer to the pool; later unpacks of this micro-batch raise (no silent reuse)."""
-        if self._closed:
-            return
-        self._closed = True
-        for buf, ref in self._buffers:
-            handle = ref()
-            if handle is not None:
-                handle.released = True
-                handle.host = None
-                handle.buffer = None
-            self.pool.release(buf)
-        self._buffers.clear()
-        self._pending.clear()
-
     # -- forward --------------------------------------------------------------------------------------------
     def _pack(self, i: int, t: torch.Tensor) -> object:
-        if i not in self._offloaded or not self._should_offload(t):
-            # detach(): returning t itself would make an output tensor own its grad_fn through the saved
-            # variable, a reference cycle that Python's collector cannot see (the tensor would leak).
-            return t.detach()
+        if not self._should_offload(t):
+            return _keep(t)
         key = (id(t), t._version)
         seen = self._seen.get(key)
         if seen is not None:
             self.stats.deduplicated += 1
             return seen[1]
-        handle = self._copy_out(i, t)
+        handle = self._copy_out(t)
         self._seen[key] = (t, handle)
-        self._pending.setdefault(i, []).append(handle)
+        assert self._live is not None
+        self._live.setdefault(i, []).append(handle)
         return handle
 
     def _should_offload(self, t: torch.Tensor) -> bool:
-        if isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad) or (
-                t.untyped_storage().data_ptr() in self._param_storages):
+        if (t.is_leaf and t.requires_grad) or t.untyped_storage().data_ptr() in self._param_storages:
             self.stats.skipped_params += 1
             return False
         if t.device != self.device or t.numel() == 0 or not _is_dense(t):
-            self.stats.skipped_other += 1
-            return False
+            return False  # other devices, empty tensors, views with gaps: kept where they are
         if t.numel() * t.element_size() < self.min_bytes:
             self.stats.skipped_small += 1
             return False
         return True
 
-    def _copy_out(self, i: int, t: torch.Tensor) -> _Offloaded:
-        numel = t.numel()
-        buf = self.pool.acquire(numel * t.element_size())
-        host = buf.view(t.dtype, t.shape, t.stride(), numel)
-        if self._cuda:
-            compute = torch.cuda.current_stream(self.device)
-            self._d2h.wait_stream(compute)  # t is produced by kernels queued on the compute stream
+    def _copy_out(self, t: torch.Tensor) -> _Offloaded:
+        nbytes = t.numel() * t.element_size()
+        buf = self.pool.acquire(nbytes)
+        host = buf.view(t.dtype, t.shape, t.stride(), t.numel())
+        done = None
+        if self._streams is not None:
+            d2h = self._streams[0]
+            d2h.wait_stream(torch.cuda.current_stream(self.device))  # t is produced on the compute stream
             if buf.ready is not None:
-                self._d2h.wait_event(buf.ready)  # the buffer's previous host->device read
-            with torch.cuda.stream(self._d2h):
+                d2h.wait_event(buf.ready)  # the buffer's previous host->device read
+            with torch.cuda.stream(d2h):
                 host.copy_(t, non_blocking=True)
-            t.record_stream(self._d2h)  # t's memory is not reused until the copy has read it
-            done = torch.cuda.Event()
-            done.record(self._d2h)
-            buf.ready = done
+            t.record_stream(d2h)  # t's memory is not reused until the copy has read it
+            done = buf.ready = torch.cuda.Event()
+            done.record(d2h)
         else:
             host.copy_(t)
-            done = None
-        handle = _Offloaded(i, buf, host, t, done)
-        self._buffers.append((buf, weakref.ref(handle)))
+        handle = _Offloaded(buf, host, t, done)
+        self._handles.append(handle)
         self.stats.offloaded_tensors += 1
-        self.stats.offloaded_bytes += numel * t.element_size()
+        self.stats.offloaded_bytes += nbytes
         return handle
 
     # -- backward -------------------------------------------------------------------------------------------
     def _unpack(self, i: int, packed: object) -> torch.Tensor:
-        if i not in self._entered:
-            self._enter_backward(i)
+        if i not in self._entered:  # first unpack of layer i: it must be here, and the layer below starts coming
+            self._entered.add(i)
+            if self._live and i in self._live:
+                self.stats.late_fetches += 1
+                self._fetch(self._live.pop(i))
+            if self._live and i - 1 in self._live:
+                self.stats.prefetched_layers += 1
+                self._fetch(self._live.pop(i - 1))
         if isinstance(packed, torch.Tensor):
             return packed
         assert isinstance(packed, _Offloaded)
-        if packed.released:
-            raise RuntimeError(
-                "an offloaded activation was unpacked after its micro-batch ended (retain_graph or a second "
-                "backward outside the ActivationOffloader block is not supported)")
-        if packed.device_tensor is None:  # its layer was fetched without it (should not happen): fetch now
-            self._fetch([packed])
-        assert packed.device_tensor is not None
-        if self._cuda:
+        if packed.device_tensor is None:
+            raise RuntimeError("an offloaded activation was unpacked after its micro-batch ended (retain_graph or "
+                               "a second backward outside the micro_batch block is not supported)")
+        if packed.h2d_done is not None:
             torch.cuda.current_stream(self.device).wait_event(packed.h2d_done)
         return packed.device_tensor
 
-    def _enter_backward(self, i: int) -> None:
-        """First unpack of layer i: make sure it is on the device and prefetch the layers just below."""
-        self._entered.add(i)
-        if i in self._pending:
-            self.stats.late_fetches += 1
-            self._fetch_layer(i)
-        for j in range(i - 1, i - 1 - self.prefetch_distance, -1):
-            if j in self._pending:
-                self.stats.prefetched_layers += 1
-                self._fetch_layer(j)
-
-    def _fetch_layer(self, j: int) -> None:
-        self._fetch(self._pending.pop(j))
-
     def _fetch(self, handles: list[_Offloaded]) -> None:
-        live = [h for h in handles if not h.released and h.device_tensor is None]
-        if not live:
+        outs = [torch.empty_strided(h.size, h.stride, dtype=h.dtype, device=self.device) for h in handles]
+        if self._streams is None:
+            for h, out in zip(handles, outs):
+                h.device_tensor = out.copy_(h.host)  # type: ignore[arg-type]
             return
-        outs = [torch.empty_strided(h.size, h.stride, dtype=h.dtype, device=self.device) for h in live]
-        if not self._cuda:
-            for h, out in zip(live, outs):
-                out.copy_(h.host)  # type: ignore[arg-type]
-                h.device_tensor = out
-            return
+        h2d = self._streams[1]
         # Allocated on the compute stream: the blocks may have been freed by kernels still queued there.
-        self._h2d.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self._h2d):
-            for h, out in zip(live, outs):
-                self._h2d.wait_event(h.d2h_done)  # type: ignore[arg-type]
+        h2d.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(h2d):
+            for h, out in zip(handles, outs):
+                h2d.wait_event(h.d2h_done)  # type: ignore[arg-type]
                 out.copy_(h.host, non_blocking=True)  # type: ignore[arg-type]
-                out.record_stream(self._h2d)
+                out.record_stream(h2d)
         done = torch.cuda.Event()
-        done.record(self._h2d)
-        for h, out in zip(live, outs):
-            h.device_tensor = out
-            h.h2d_done = done
+        done.record(h2d)
+        for h, out in zip(handles, outs):
+            h.device_tensor, h.h2d_done = out, done
             assert h.buffer is not None
             h.buffer.ready = done  # the next writer of this host buffer waits for this read
 
 
-def no_offload(i: int) -> ContextManager[None]:
-    """A layer_context that does nothing (the model's default when it is given None)."""
-    return contextlib.nullcontext()
+def _keep(t: torch.Tensor) -> torch.Tensor:
+    # detach(): returning t itself would make an output tensor own its grad_fn through the saved
+    # variable, a reference cycle that Python's collector cannot see (the tensor would leak).
+    return t.detach()
 
 
-LayerContext = Callable[[int], ContextManager[None]]
-
-
-class OffloadSession:
-    """One rank's offloading across micro-batches and steps: one host pool, reused by all of them.
-
-    ``scope(ratio, num_tokens)`` wraps one micro-batch's forward *and* backward and yields the
-    ``layer_context`` for the model (``None`` when nothing is offloaded). ``force_ratio`` overrides the
-    planner's per-micro-batch ratio (tests and benchmarks: it exercises the copy path on every
-    micro-batch, including on CPU where the planner would rarely offload a tiny model).
-    """
-
-    def __init__(self, params: Iterable[torch.Tensor], device: torch.device, num_layers: int, *,
-                 act_bytes_per_token_layer: float | None = None, force_ratio: float | None = None,
-                 min_bytes: int = DEFAULT_MIN_BYTES) -> None:
-        if force_ratio is not None:
-            check_ratio(force_ratio)
-        self.params = list(params)
-        self.device = device
-        self.num_layers = num_layers
-        self.act_bytes_per_token_layer = act_bytes_per_token_layer
-        self.force_ratio = force_ratio
-        self.min_bytes = 0 if force_ratio is not None else min_bytes  # forced: copy everything we may
-        self.pool = HostBufferPool(pin_memory=device.type == "cuda")
-        self.offloaded_bytes = 0
-        """Bytes this rank copied to the host so far (all micro-batches, all steps)."""
-
-    @contextlib.contextmanager
-    def scope(self, offload_ratio: float, num_tokens: int) -> Iterator[LayerContext | None]:
-        ratio = self.force_ratio if self.force_ratio is not None else offload_ratio
-        if num_offloaded_layers(ratio, self.num_layers) == 0:
-            yield None
-            return
-        act = None if self.act_bytes_per_token_layer is None else self.act_bytes_per_token_layer * num_tokens
-        with ActivationOffloader(ratio, self.num_layers, self.device, pool=self.pool, params=self.params,
-                                 min_bytes=self.min_bytes, act_bytes_per_layer=act) as off:
-            yield off.layer_context
-        self.offloaded_bytes += off.stats.offloaded_bytes
+def _is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: some permutation of the dimensions is contiguous (span == numel)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True

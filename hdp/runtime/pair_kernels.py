@@ -10,7 +10,7 @@ Kernels, chosen by the tensors' device and dtype:
 * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward (all float dtypes).
 * CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its backward. Not yet run on a
   GPU by this repository's tests; ``kernel="matmul"`` gives the exact reference to compare with.
-* Anything else: the exact matmul kernel of ``blocks.py`` (O(Nq*Nk) memory).
+* Anything else: the exact matmul kernel of ``matmul_attention.py`` (O(Nq*Nk) memory).
 
 Shapes: q [Nq, Hq, D], k/v [Nk, Hkv, D]; out [Nq, Hq, D] and lse [Hq, Nq] in the accumulation dtype;
 dk/dv per kv head. kv heads are expanded here only (the fused kernels have no GQA).
@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from hdp.runtime.blocks import acc_dtype, block_backward, block_forward, expand_kv, reduce_kv
+from hdp.runtime.matmul_attention import acc_dtype, block_backward, block_forward, expand_kv, reduce_kv
 
 Kernel = Literal["auto", "cpu_flash", "cuda_flash", "matmul"]
 
@@ -70,7 +70,7 @@ def pair_backward(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     causal: bool, scale: float, kernel: Kernel = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This pair's share of dq, dk, dv given the *final* out/lse of the query rows (see blocks.block_backward)."""
+    """This pair's share of dq, dk, dv given the *final* out/lse of the query rows (see matmul_attention.block_backward)."""
     kernel = choose_kernel(q) if kernel == "auto" else kernel
     dt, hq, hkv = acc_dtype(q.dtype), q.shape[1], k.shape[1]
     if kernel == "matmul":

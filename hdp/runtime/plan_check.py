@@ -11,13 +11,14 @@ import torch
 import torch.distributed as dist
 
 from hdp.plan.types import Plan
+from hdp.runtime.peers import collective
 
 
 def check_world_size(plan: Plan, world_size: int) -> None:
     if plan.num_ranks != world_size:
         raise ValueError(
             f"the plan is for {plan.num_ranks} ranks but {world_size} processes are running: "
-            f"plan for the world size you launch (--nproc / torchrun --nproc-per-node)"
+            "plan for the number of processes you launch"
         )
 
 
@@ -29,7 +30,8 @@ def check_same_plan(plan: Plan, group: dist.ProcessGroup | None, device: torch.d
     mine = torch.tensor([int(plan.fingerprint[:15], 16)], dtype=torch.int64, device=device)
     world = dist.get_world_size(group)
     gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
+    with collective("the plan check (all_gather of plan fingerprints)"):
+        dist.all_gather(gathered, mine, group=group)
     values = [int(t.item()) for t in gathered]
     if len(set(values)) != 1:
         groups: dict[int, list[int]] = {}

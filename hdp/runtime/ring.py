@@ -14,14 +14,21 @@ buffer has visited every member and arrives back at its origin with the full dK/
 Causality between blocks follows from the pieces' global order (pair_kernels.py): query piece p
 sees key piece r fully if r < p, causally if r == p, not at all if r > p, so pieces of unequal
 length (floor-rounded zig-zag) and empty pieces (skipped) need no special case.
+
+What does not change between layers lives in a ``RingContext``, built once per micro-batch and
+shared by every layer's forward and backward: the members' piece rows, the peers, the timeout, and
+the transfer buffers (double-buffered receive blocks, the travelling dK/dV buffers), which are
+allocated on first use and reused by every later layer instead of allocated per call.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from hdp.runtime.blocks import acc_dtype, merge
 from hdp.runtime.layout import RingSlot
+from hdp.runtime.matmul_attention import acc_dtype, merge
 from hdp.runtime.pair_kernels import Kernel, pair_backward, pair_forward
 from hdp.runtime.ring_comm import RingComm
 
@@ -29,7 +36,7 @@ TAG_KV = 11
 TAG_DKV = 12
 
 
-def member_pieces(slot: RingSlot, member: int) -> tuple[tuple[int, int, int], ...]:
+def _member_rows(slot: RingSlot, member: int) -> tuple[tuple[int, int, int], ...]:
     """``(piece index, first row, end row)`` of member ``member``'s two pieces in its own block."""
     k, rows = slot.size, 0
     out = []
@@ -39,12 +46,55 @@ def member_pieces(slot: RingSlot, member: int) -> tuple[tuple[int, int, int], ..
     return tuple(out)
 
 
+class RingContext:
+    """One ring slot of one micro-batch on this rank: what every layer's ring attention shares.
+
+    ``timeout_s`` is how long a transfer may wait for a peer (``RingTimeoutError`` past it; None:
+    no deadline, the process group's watchdog only). Buffers are keyed by shape and dtype, so a
+    model whose layers differ in head count still works; with equal layers they are allocated once.
+    """
+
+    def __init__(self, slot: RingSlot, mb_index: int, timeout_s: float | None = 60.0) -> None:
+        self.slot, self.mb_index, self.timeout_s = slot, mb_index, timeout_s
+        # One comm for K/V and one for dK/dV; reusable after each wait (forward and backward never overlap).
+        self.kv_comm = RingComm(slot.ring_id, mb_index, slot.prev_rank, slot.next_rank, timeout_s)
+        self.grad_comm = RingComm(slot.ring_id, mb_index, slot.prev_rank, slot.next_rank, timeout_s)
+        self.member_rows = tuple(_member_rows(slot, m) for m in range(slot.size))
+        self.member_tokens = tuple(slot.member_tokens(m) for m in range(slot.size))
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self.allocations = 0
+        """Transfer buffers allocated so far (constant after the first layer's forward and backward)."""
+
+    def block(self, role: str, member: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A contiguous [2, member's tokens, Hkv, D] view of a reusable buffer sized for the largest member.
+
+        The caller makes sure no transfer still reads or writes it (see the ring loops).
+        """
+        dtype = dtype or like.dtype
+        row = math.prod(like.shape[-2:])  # Hkv * D
+        key = (role, row, dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(2 * max(self.member_tokens) * row, dtype=dtype, device=like.device)
+            self.allocations += 1
+        n = self.member_tokens[member]
+        return buf[:2 * n * row].view(2, n, *like.shape[-2:])
+
+
 def visible_pairs(q_pieces, k_pieces):
     """Non-empty (query piece, key piece, causal) pairs a query can see: key piece index <= query's."""
     for jq, qa, qb in q_pieces:
         for jk, ka, kb in k_pieces:
             if qb > qa and kb > ka and jk <= jq:
                 yield (qa, qb), (ka, kb), jk == jq
+
+
+def _local_kv(ring: RingContext, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """K and V of this member in one [2, n, Hkv, D] message (a reused buffer, not a new stack)."""
+    kv = ring.block("local", ring.slot.position, k)
+    kv[0].copy_(k)
+    kv[1].copy_(v)
+    return kv
 
 
 class RingAttention(torch.autograd.Function):
@@ -56,23 +106,24 @@ class RingAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, q, k, v, slot: RingSlot, mb_index: int, scale: float, timeout_s: float | None, kernel: Kernel
-    ):
-        dt = acc_dtype(q.dtype)
-        q_pieces = member_pieces(slot, slot.position)
+    def forward(ctx, q, k, v, ring: RingContext, scale: float, kernel: Kernel):  # type: ignore[override]
+        slot, dt = ring.slot, acc_dtype(q.dtype)
+        q_pieces = ring.member_rows[slot.position]
         out = torch.zeros(q.shape, dtype=dt, device=q.device)
         lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=dt, device=q.device)
         seen: set[int] = set()  # first row of each query piece that has a partial result yet
-        kv = torch.stack([k, v])  # [2, n, Hkv, D]: one message per step, K and V together
-        comm = RingComm(slot.ring_id, mb_index, slot.prev_rank, slot.next_rank, timeout_s)
+        kv = _local_kv(ring, k, v)
+        comm = ring.kv_comm
         for step in range(slot.size):
             src = (slot.position - step) % slot.size  # member whose K/V block is in `kv`
             if step + 1 < slot.size:  # post the next transfer before computing on this block
                 nxt = (src - 1) % slot.size
-                next_kv = comm.send_recv(kv, (2, slot.member_tokens(nxt), *kv.shape[2:]), tag=TAG_KV)
+                # Two receive buffers in turn: the one received into now was last read at step - 1,
+                # whose send completed at that step's wait.
+                recv = ring.block(f"kv{step % 2}", nxt, kv)
+                comm.send_recv(kv, recv, tag=TAG_KV)
                 comm.commit()
-            for (qa, qb), (ka, kb), causal in visible_pairs(q_pieces, member_pieces(slot, src)):
+            for (qa, qb), (ka, kb), causal in visible_pairs(q_pieces, ring.member_rows[src]):
                 o, l = pair_forward(q[qa:qb], kv[0, ka:kb], kv[1, ka:kb], causal, scale, kernel)
                 if qa in seen:
                     o, l = merge(out[qa:qb], lse[:, qa:qb], o, l)
@@ -80,32 +131,33 @@ class RingAttention(torch.autograd.Function):
                 out[qa:qb], lse[:, qa:qb] = o, l
             if step + 1 < slot.size:
                 comm.wait()
-                kv = next_kv
+                kv = recv
         # Step 0 gave every non-empty query piece its causal diagonal, so every lse is finite.
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.slot, ctx.mb_index, ctx.scale, ctx.timeout_s, ctx.kernel = slot, mb_index, scale, timeout_s, kernel
+        ctx.ring, ctx.scale, ctx.kernel = ring, scale, kernel
         return out
 
     @staticmethod
     def backward(ctx, dout):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        slot: RingSlot = ctx.slot
-        q_pieces = member_pieces(slot, slot.position)
-        dt = acc_dtype(q.dtype)
-        kv = torch.stack([k, v])
-        kv_comm = RingComm(slot.ring_id, ctx.mb_index, slot.prev_rank, slot.next_rank, ctx.timeout_s)
-        grad_comm = RingComm(slot.ring_id, ctx.mb_index, slot.prev_rank, slot.next_rank, ctx.timeout_s)
+        ring: RingContext = ctx.ring
+        slot, dt = ring.slot, acc_dtype(q.dtype)
+        q_pieces = ring.member_rows[slot.position]
+        kv = _local_kv(ring, k, v)
+        kv_comm, grad_comm = ring.kv_comm, ring.grad_comm
         dq = torch.zeros(q.shape, dtype=dt, device=q.device)
         recv_dkv = None
         for step in range(slot.size):
             src = (slot.position - step) % slot.size
             nxt = (src - 1) % slot.size
             if step + 1 < slot.size:
-                next_kv = kv_comm.send_recv(kv, (2, slot.member_tokens(nxt), *kv.shape[2:]), tag=TAG_KV)
+                recv = ring.block(f"kv{step % 2}", nxt, kv)
+                kv_comm.send_recv(kv, recv, tag=TAG_KV)
                 kv_comm.commit()
-            dkv = torch.zeros((2, *kv.shape[1:]), dtype=dt, device=q.device)  # this block's share
-            for (qa, qb), (ka, kb), causal in visible_pairs(q_pieces, member_pieces(slot, src)):
+            # This block's share, in one of two buffers in turn: the other may still be on its way out.
+            dkv = ring.block(f"dkv{step % 2}", src, kv, dt).zero_()
+            for (qa, qb), (ka, kb), causal in visible_pairs(q_pieces, ring.member_rows[src]):
                 g_q, g_k, g_v = pair_backward(dout[qa:qb], q[qa:qb], kv[0, ka:kb], kv[1, ka:kb], out[qa:qb],
                                               lse[:, qa:qb], causal, ctx.scale, ctx.kernel)
                 dq[qa:qb] += g_q
@@ -117,26 +169,28 @@ class RingAttention(torch.autograd.Function):
                 dkv += recv_dkv
             if step + 1 < slot.size:
                 kv_comm.wait()
-                kv = next_kv
+                kv = recv
             # Pass this block's gradient on (float32/64: no bf16 rounding per hop); receive the one
             # for the block we hold next step (origin src - 1). At the last step the block sent is
             # origin position + 1, which the next member owns, and the one received is our own, complete.
-            recv_dkv = grad_comm.send_recv(dkv, (2, slot.member_tokens(nxt), *kv.shape[2:]), tag=TAG_DKV)
+            # One receive buffer suffices: it was read (dkv += recv_dkv) before this receive is posted.
+            recv_dkv = ring.block("dkv_recv", nxt, kv, dt)
+            grad_comm.send_recv(dkv, recv_dkv, tag=TAG_DKV)
             grad_comm.commit()
         grad_comm.wait()
-        dk, dv = recv_dkv[0], recv_dkv[1]
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+        # Copies: the buffer is reused by the next layer's backward while autograd may still hold these.
+        dk, dv = recv_dkv[0].to(k.dtype, copy=True), recv_dkv[1].to(v.dtype, copy=True)
+        return dq.to(q.dtype), dk, dv, None, None, None
 
 
-def ring_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: RingSlot, mb_index: int,
-    scale: float | None = None, timeout_s: float | None = 60.0, kernel: Kernel = "auto",
-) -> torch.Tensor:
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ring: RingContext,
+                   scale: float | None = None, kernel: Kernel = "auto") -> torch.Tensor:
     """Differentiable ring attention for one ring slot; see ``RingAttention``.
 
     ``kernel`` picks the pair kernel (pair_kernels.py); "auto" chooses by device and dtype.
     """
+    slot = ring.slot
     if q.shape[0] != slot.num_tokens or k.shape[0] != slot.num_tokens:
         raise ValueError(f"ring {slot.ring_id}: {slot.num_tokens} local tokens but q has {q.shape[0]}, k {k.shape[0]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return RingAttention.apply(q, k, v, slot, mb_index, scale, timeout_s, kernel)
+    return RingAttention.apply(q, k, v, ring, scale, kernel)

@@ -23,8 +23,14 @@ import time
 import torch
 import torch.distributed as dist
 
+from hdp.runtime.peers import PeerError
 
-class RingCommError(RuntimeError):
+
+LATE_SLACK_S = 0.05
+"""A wait that fails this close to its deadline timed out (backends round timeouts to milliseconds)."""
+
+
+class RingCommError(PeerError):
     """A ring transfer failed; the message names the ring, the micro-batch and the peer."""
 
 
@@ -55,15 +61,17 @@ class RingComm:
         self._works: list[tuple[object, str, int]] | None = None
         self._buffers: list[torch.Tensor] = []  # kept alive until wait: the backend reads/writes them
 
-    def send_recv(self, to_send: torch.Tensor, recv_shape: tuple[int, ...], tag: int = 0) -> torch.Tensor:
-        """Queue sending ``to_send`` to the next member and receiving a ``recv_shape`` buffer from the previous.
+    def send_recv(self, to_send: torch.Tensor, recv: torch.Tensor, tag: int = 0) -> torch.Tensor:
+        """Queue sending ``to_send`` to the next member and receiving into ``recv`` from the previous.
 
         Sizes are known on both sides (from the plan), so an empty tensor is simply not sent and an
-        empty receive is not posted: both ends skip the same op.
+        empty receive is not posted: both ends skip the same op. ``recv`` must be contiguous and not
+        touched until ``wait`` returns (the caller owns and may reuse it afterwards).
         """
         if self._works is not None:
             raise RingCommError(f"ring {self.ring_id}: send_recv after commit and before wait")
-        recv = torch.empty(recv_shape, dtype=to_send.dtype, device=to_send.device)
+        if not recv.is_contiguous():
+            raise ValueError("the receive buffer must be contiguous")
         to_send = to_send.contiguous()
         self._buffers += [to_send, recv]
         if to_send.numel() > 0:
@@ -101,8 +109,9 @@ class RingComm:
                     left = max(deadline - time.monotonic(), 1e-3)
                     work.wait(timeout=datetime.timedelta(seconds=left))  # type: ignore[attr-defined]
             except RuntimeError as e:
-                late = deadline is not None and time.monotonic() >= deadline
-                kind = RingTimeoutError if late or "time" in str(e).lower() else RingCommError
+                # By the clock, not the error text: the wait raised at (or just before) our deadline.
+                late = deadline is not None and time.monotonic() >= deadline - LATE_SLACK_S
+                kind = RingTimeoutError if late else RingCommError
                 op = f"{what} rank {peer}" if peer >= 0 else what
                 raise kind(
                     f"ring {self.ring_id}, micro-batch {self.mb_index}: {op} did not complete"
@@ -110,7 +119,3 @@ class RingComm:
                     + f" (this rank {dist.get_rank()}); is that peer alive and running the same plan?"
                 ) from e
         del buffers  # completed: the backend no longer touches them
-
-    @property
-    def pending(self) -> bool:
-        return self._works is not None or bool(self._queued)

@@ -11,7 +11,6 @@ and ranks with no work at all.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 
 from hdp.data.batches import GlobalBatch
 from hdp.plan.types import Plan
-from hdp.runtime.materialise import IGNORE, check_batch_matches_plan, materialise, num_labelled_tokens
+from hdp.runtime.micro_batch_inputs import IGNORE, check_batch_matches_plan, num_labelled_tokens, rank_inputs
 from hdp.runtime.model import Decoder
-from hdp.runtime.offload import OffloadSession
+from hdp.runtime.offload import ActivationOffloader
+from hdp.runtime.peers import collective
 from hdp.runtime.plan_check import check_same_plan, check_world_size
 from hdp.runtime.zero import ShardedAdamW
 
@@ -40,17 +40,22 @@ class StepResult:
 
 
 def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
-                     timeout_s: float | None, offload: OffloadSession | None = None) -> tuple[torch.Tensor, int, int]:
-    """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches)."""
+                     timeout_s: float | None, offload: ActivationOffloader | None = None,
+                     offload_layers: int | None = None) -> tuple[torch.Tensor, int, int]:
+    """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches).
+
+    ``offload_layers`` overrides every micro-batch's planned ``offload_layers`` (``--offload-ratio``).
+    """
     denom = num_labelled_tokens(plan)
     if denom == 0:
         raise ValueError("the global batch has no token with a label (every sequence has length 1): raise --global-batch-tokens")
     loss_share = torch.zeros((), dtype=torch.float64, device=device)
-    inputs = materialise(plan, batch, rank, device)
+    inputs = rank_inputs(plan, batch, rank, device, timeout_s=timeout_s)
     for mb in inputs:
-        scope = offload.scope(mb.offload_ratio, mb.num_tokens) if offload else contextlib.nullcontext()
+        layers = mb.offload_layers if offload_layers is None else offload_layers
+        scope = offload.micro_batch(layers) if offload else contextlib.nullcontext()
         with scope as layer_context:  # the offloaded activations must come back inside the same scope
-            logits = model(mb.tokens, mb.positions, mb.layout, layer_context=layer_context, timeout_s=timeout_s)  # [T, V]
+            logits = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context)  # [T, V]
             loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
                                    ignore_index=IGNORE, reduction="sum") / denom
             loss.backward()
@@ -60,7 +65,8 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
 
 def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: GlobalBatch, *,
                rank: int, group: dist.ProcessGroup | None, device: torch.device, timeout_s: float | None,
-               max_grad_norm: float = 1.0, offload: OffloadSession | None = None, lr: float | None = None) -> StepResult:
+               max_grad_norm: float = 1.0, offload: ActivationOffloader | None = None,
+               offload_layers: int | None = None, lr: float | None = None) -> StepResult:
     """One step on this rank. Every rank of ``group`` must call it with the same plan and batch."""
     world_size = dist.get_world_size(group) if dist.is_initialized() else 1
     check_world_size(plan, world_size)
@@ -69,9 +75,13 @@ def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: Globa
         check_same_plan(plan, group, device)  # first collective of the step
     optimizer.zero_grad()
     loss_share, local_tokens, local_mbs = forward_backward(model, plan, batch, rank, device,
-                                                           timeout_s=timeout_s, offload=offload)
-    norm, (loss,) = optimizer.reduce([loss_share])  # the only collectives of the step, with step()'s all-gather
-    optimizer.step(norm, max_grad_norm, lr)
+                                                           timeout_s=timeout_s, offload=offload,
+                                                           offload_layers=offload_layers)
+    # The only collectives of the step: the gradient reduce-scatter (+ one scalar all-reduce), then
+    # step()'s parameter all-gather. A peer that died or hangs surfaces here as a PeerError.
+    with collective("the gradient reduce-scatter and parameter all-gather"):
+        norm, (loss,) = optimizer.reduce([loss_share])
+        optimizer.step(norm, max_grad_norm, lr)
     return StepResult(loss=loss, grad_norm=float(norm), tokens=plan.total_tokens,
                       local_tokens=local_tokens, local_micro_batches=local_mbs)
 
@@ -81,8 +91,3 @@ def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1, *, zer
     """AdamW (β = 0.9, 0.95), decay on matrices only, states sharded over ``group`` for ``zero`` >= 1."""
     return ShardedAdamW(model, lr=lr, zero=zero, weight_decay=weight_decay, group=group)
 
-
-def timed_step(*args, **kwargs) -> tuple[StepResult, float]:
-    start = time.perf_counter()
-    result = train_step(*args, **kwargs)
-    return result, time.perf_counter() - start

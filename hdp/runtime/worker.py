@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,13 +28,16 @@ from hdp.plan.cost import CostModel
 from hdp.plan.device import load_profile
 from hdp.plan.flops import batch_flops, mfu, tflops_per_device
 from hdp.plan.model_config import ModelConfig
+from hdp.plan.sharding import num_offload_layers
 from hdp.plan.types import Plan
+from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.plan.memory import state_bytes as planned_state_bytes
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.lr_schedule import lr_at
 from hdp.runtime.memory_stats import memory_record
 from hdp.runtime.model_source import build_train_model, model_shape
-from hdp.runtime.offload import OffloadSession
+from hdp.runtime.offload import ActivationOffloader
+from hdp.runtime.peers import PeerError, collective
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
@@ -52,30 +55,78 @@ class Run:
     data: TrainingData | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig) -> "Run":
+    def from_config(cls, config: TrainConfig, num_ranks: int | None = None) -> "Run":
+        """``capacity=None`` in ``config`` is derived for ``num_ranks`` (``default_capacity``)."""
         cfg = model_shape(config)
         data = load_training_data(config.data, config.tokenizer, config.text_field)
         check_vocab(data.tokenizer, data.vocab_size, cfg.vocab_size, config.hf_model or config.model)
         stream = BatchStream(data.corpus, config.global_batch_tokens, config.max_seq_len, config.seed)
-        return cls(config, stream, build_cost_model(cfg, recompute=config.recompute, dtype=config.dtype), data)
+        run = cls(config, stream, build_cost_model(cfg, recompute=config.recompute, dtype=config.dtype), data)
+        if config.capacity is None:
+            if num_ranks is None:
+                raise ValueError("capacity is None: pass num_ranks to derive it")
+            run = replace(run, config=replace(config, capacity=run.default_capacity(num_ranks)))
+        return run
+
+    @property
+    def longest(self) -> int:
+        """The longest sequence a step can hold: documents are cut at max_seq_len, batches at their size."""
+        c = self.config
+        return min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
+
+    def _make_plan(self, lengths: list[int], num_ranks: int, capacity: int) -> Plan:
+        c = self.config
+        return make_plan(lengths, num_ranks, capacity, self.cost, get_strategy(c.strategy, offload=c.offload),
+                         max_len=c.max_seq_len, seed=c.seed)
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
-        c = self.config
-        return make_plan(self.stream.batch(step).lengths, num_ranks, c.capacity, self.cost,
-                         get_strategy(c.strategy, offload=c.offload), max_len=c.max_seq_len, seed=c.seed)
+        assert self.config.capacity is not None
+        return self._make_plan(self.stream.batch(step).lengths, num_ranks, self.config.capacity)
+
+    def default_capacity(self, num_ranks: int) -> int:
+        """The smallest capacity at which the strategy can plan the longest sequence on num_ranks ranks:
+        the largest zig-zag member of it split m ways, for m = num_ranks, num_ranks - 1, ...; m = 1
+        (whole, on one rank) always works, so the default run works on any number of ranks."""
+        for m in range(num_ranks, 1, -1):
+            capacity = max_member_tokens(self.longest, m)
+            try:
+                self._make_plan([self.longest], num_ranks, capacity)
+                return capacity
+            except ValueError:
+                continue
+        return self.longest
 
     def check_feasible(self, num_ranks: int) -> None:
         """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
         c = self.config
+        assert c.capacity is not None
         # Model states + activations of --capacity tokens on the device the plan is costed for.
         dataclasses.replace(self.cost, zero=c.zero_for(num_ranks)).check_fits(num_ranks, c.capacity)
-        longest = min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
-        try:
-            make_plan([longest], num_ranks, c.capacity, self.cost, get_strategy(c.strategy, offload=c.offload),
-                      max_len=c.max_seq_len, seed=c.seed)
-        except PlanError as e:  # names make_plan's parameters; hdp train maps them to its flags
-            raise PlanError(f"{e.text} (documents are cut at {{max_len}} {c.max_seq_len:,})") from None
+        what = (f"the longest sequence of a step ({self.longest:,} tokens: documents are cut at max_seq_len "
+                f"{c.max_seq_len:,})")
+        needed = ranks_needed(self.longest, c.capacity)
+        if needed > num_ranks:
+            raise ValueError(f"{what} needs {needed:,} ranks at capacity {c.capacity:,} but only {num_ranks:,} "
+                             "exist: raise the number of ranks or the capacity, or lower max_seq_len")
+        try:  # what else a strategy may need (static: a divisor of the rank count that holds it)
+            self._make_plan([self.longest], num_ranks, c.capacity)
+        except ValueError as e:
+            raise ValueError(f"{what} cannot be planned on {num_ranks:,} ranks at capacity {c.capacity:,} "
+                             f"with strategy {c.strategy}: {e}") from None
+
+    def offload_layers(self) -> int | None:
+        """Layers every micro-batch offloads under the ``offload_ratio`` override (None: as planned)."""
+        c = self.config
+        if c.offload_ratio is None:
+            return None
+        layers = num_offload_layers(c.offload_ratio, self.cost.layers)
+        if layers == 0 and c.offload_ratio > 0:
+            raise ValueError(f"offload_ratio {c.offload_ratio:g} offloads no layer of model {c.model}: of its "
+                             f"{self.cost.layers} layers the first and last always stay on the device, so "
+                             f"{max(self.cost.layers - 2, 0)} can offload; use a model with more layers or a "
+                             "larger ratio")
+        return layers
 
 
 def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float,
@@ -117,13 +168,30 @@ def peak_tflops_for(device: torch.device, cost: CostModel) -> float:
 
 
 def pick_device(local_rank: int, use_accelerator: bool) -> torch.device:
-    """The local accelerator under torchrun when there is one, else CPU (gloo). No device literals."""
-    if use_accelerator and torch.accelerator.is_available():
+    """Local accelerator ``local_rank`` when asked for and present, else CPU (gloo). No device literals."""
+    if use_accelerator and torch.accelerator.is_available() and local_rank < torch.accelerator.device_count():
         acc = torch.accelerator.current_accelerator()
         assert acc is not None
         torch.accelerator.set_device_index(local_rank)
         return torch.device(acc.type, local_rank)
     return torch.device("cpu")
+
+
+def _gather_devices(device: torch.device, world_size: int) -> list[str]:
+    """Every rank's device, for rank 0's summary (one small collective at start-up)."""
+    if world_size == 1:
+        return [str(device)]
+    devices: list[Any] = [None] * world_size
+    with collective("gathering the ranks' devices"):
+        dist.all_gather_object(devices, str(device))
+    return [str(d) for d in devices]
+
+
+def describe_devices(devices: list[str]) -> str:
+    """``cuda:0, cuda:1 (2 ranks)``, or ``cpu (4 ranks)`` when all ranks share one name."""
+    names = devices if len(set(devices)) > 1 else devices[:1]
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"{shown} ({len(devices)} rank{'s' if len(devices) != 1 else ''})"
 
 
 def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
@@ -141,9 +209,7 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
     except ValueError as e:
         print(f"hdp train: error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    except RuntimeError as e:
-        if not is_peer_failure(e):
-            raise  # our own bug: keep the traceback
+    except (dist.DistError, PeerError) as e:  # a peer died, hung or left: not a bug of ours
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
               f"{config.timeout_s:g} s ({type(e).__name__}: {first[:300]})", file=sys.stderr, flush=True)
@@ -156,22 +222,11 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
                 pass
 
 
-PEER_FAILURE_HINTS = ("timed out", "timeout", "connection", "closed", "reset by peer", "gloo", "nccl", "socket")
-
-
-def is_peer_failure(e: BaseException) -> bool:
-    """A collective or ring message that failed because a peer died, hung or left (not a bug of ours)."""
-    from hdp.runtime.ring_comm import RingCommError
-
-    if isinstance(e, (dist.DistError, RingCommError)):
-        return True
-    text = str(e).lower()
-    return any(h in text for h in PEER_FAILURE_HINTS)
-
-
 def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool) -> int:
-    run = Run.from_config(config)
+    run = Run.from_config(config, world_size)
+    config = run.config
     run.check_feasible(world_size)
+    offload_layers = run.offload_layers()
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
     model = build_train_model(config, device)
@@ -181,10 +236,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
              "planned_state_bytes": planned}
     offload = None
-    if config.offload or config.offload_ratio is not None:
-        offload = OffloadSession(model.parameters(), device, model.cfg.num_layers, force_ratio=config.offload_ratio,
-                                 act_bytes_per_token_layer=run.cost.act_bytes_per_token_layer)
+    if config.offload or offload_layers:
+        offload = ActivationOffloader(device, model.cfg.num_layers, model.parameters())
     reporter = Reporter(config, enabled=rank == 0, data=run.data)
+    reporter.devices = _gather_devices(device, world_size)
     peak = peak_tflops_for(device, run.cost)
     dump = BatchDump(config.dump_batches) if rank == 0 and config.dump_batches else None
     try:
@@ -195,7 +250,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
                        warmup_steps=config.warmup_steps, min_lr=config.final_lr)
             batch = run.stream.batch(step)
             result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
-                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload, lr=lr)
+                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
+                                offload_layers=offload_layers, lr=lr)
             copied = offload.offloaded_bytes if offload else 0
             elapsed = time.perf_counter() - start
             reporter.step({**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
@@ -220,6 +276,7 @@ class Reporter:
     def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None) -> None:
         self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
+        self.devices: list[str] = []
         self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
         self._tensorboard = None
         if enabled and config.tensorboard:
@@ -270,6 +327,8 @@ class Reporter:
         tps = sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed)
         t = Table(title=f"hdp train · {self.config.hf_model or self.config.model} · {recs[0]['strategy']}", show_header=False)
         t.add_row("steps", str(len(recs)))
+        if self.devices:
+            t.add_row("devices", describe_devices(self.devices))
         t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
         t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")

@@ -11,7 +11,7 @@ from hdp.data.batches import BatchStream
 from hdp.data.prepare import prepare
 from hdp.data.store import Store, TokenCorpus
 from hdp.plan import build_cost_model, make_plan
-from hdp.runtime.materialise import materialise
+from hdp.runtime.micro_batch_inputs import rank_inputs
 from tests.data import files
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,7 +49,7 @@ def test_each_rank_reads_only_its_segments(strategy, num_ranks, tmp_path):
         assert plan.rings, "the case must split sequences over ranks"
         seen = set()
         for rank in range(num_ranks):
-            materialise(plan, batch, rank, torch.device("cpu"))
+            rank_inputs(plan, batch, rank, torch.device("cpu"), timeout_s=None)
             want = set()
             for mb in plan.ranks[rank].micro_batches:
                 for seg in mb.segments:

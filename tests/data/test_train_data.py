@@ -19,7 +19,7 @@ from hdp.data.load import load_training_data
 from hdp.plan import get_model
 from hdp.runtime.layout import Span
 from hdp.runtime.model import build_model
-from hdp.runtime.reference import plain_attention
+from tests.conftest import plain_attention
 from tests.data import files
 
 pytestmark = pytest.mark.dist

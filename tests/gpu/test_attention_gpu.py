@@ -48,3 +48,23 @@ def test_cuda_doc_attention_equals_reference(dtype):
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
     torch.testing.assert_close(out.float(), ref_out.float(), rtol=tol, atol=tol)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-3, atol=1e-3)
+
+
+def test_document_mask_is_built_once_for_all_layers():
+    """FlexAttention's block mask (or flash-attn's cu_seqlens) per micro-batch, not per layer."""
+    from hdp.plan import get_model
+    from hdp.runtime.attention import MicroBatchAttention
+    from hdp.runtime.layout import build_layout
+    from hdp.runtime.model import build_model
+    from tests.conftest import build_plan
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    lengths = [100, 37, 300]
+    plan = build_plan(1, lengths, [[("doc", i, 0) for i in range(len(lengths))]])
+    batch = MicroBatchAttention(build_layout(plan, 0, 0), dev)
+    cfg = get_model("small")
+    model = build_model(cfg, dtype=torch.float32, device=dev, seed=0)
+    tokens = torch.randint(0, 256, (sum(lengths),), device=dev)
+    positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
+    model(tokens, positions, batch).float().square().mean().backward()
+    assert cfg.num_layers > 1 and dict(batch.docs.builds) == {"block_mask": 1}

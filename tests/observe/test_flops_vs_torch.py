@@ -13,14 +13,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hdp.plan.flops import batch_flops
 from hdp.plan.model_config import ModelConfig, get_model
-from hdp.runtime.blocks import expand_kv
+from hdp.runtime.matmul_attention import expand_kv
 from hdp.runtime.model import Decoder
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def row_by_row_attention(docs: list[int]):
-    def attention(q, k, v, layout, *, timeout_s):  # q [T, Hq, D], k/v [T, Hkv, D]
+    def attention(q, k, v, layout):  # q [T, Hq, D], k/v [T, Hkv, D]
         k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
         rows, start = [], 0
         for s in docs:

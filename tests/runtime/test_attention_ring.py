@@ -15,11 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tests.runtime.attention_cases import build_plan, dense_reference, free_port, seq_tensors
 
 import hdp.runtime.pair_kernels as pair_kernels
 from hdp.plan import build_cost_model, make_plan
-from hdp.runtime import RingTimeoutError, build_layout, hdp_attention, token_index
+from hdp.runtime.attention import MicroBatchAttention, hdp_attention
+from hdp.runtime.layout import build_layout
+from hdp.runtime.ring_comm import RingTimeoutError
+from tests.conftest import build_plan, dense_reference, free_port, seq_tensors, token_index
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
 
@@ -68,13 +70,21 @@ def _check_plan(plan, rank: int, refs, label: str, dtype: torch.dtype, tol: floa
         def rows(j):  # buffer rows of reference tensor j, gathered by (seq, position)
             return torch.stack([refs[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
 
-        q, k, v = (rows(j).to(dtype).requires_grad_() for j in range(3))
-        out = hdp_attention(q, k, v, layout, timeout_s=30.0)
-        out.backward(rows(3).to(dtype))
-        where = f"{label}: rank {rank} micro-batch {mb} {dtype}"
-        for name, got, j in (("out", out, 4), ("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
-            assert got.dtype == dtype
-            torch.testing.assert_close(got.double(), rows(j), rtol=tol, atol=tol, msg=lambda m: f"{where} {name}: {m}")
+        # Three "layers" share one micro-batch's metadata: each must give the same exact result, and
+        # the ring transfer buffers allocated by the first are reused by the others.
+        batch = MicroBatchAttention(layout, torch.device("cpu"), timeout_s=30.0)
+        allocations = []
+        for layer in range(3):
+            q, k, v = (rows(j).to(dtype).requires_grad_() for j in range(3))
+            out = hdp_attention(q, k, v, batch)
+            out.backward(rows(3).to(dtype))
+            allocations.append([ring.allocations for ring in batch.rings])
+            where = f"{label}: rank {rank} micro-batch {mb} {dtype} layer {layer}"
+            for name, got, j in (("out", out, 4), ("dq", q.grad, 5), ("dk", k.grad, 6), ("dv", v.grad, 7)):
+                assert got.dtype == dtype
+                torch.testing.assert_close(got.double(), rows(j), rtol=tol, atol=tol,
+                                           msg=lambda m: f"{where} {name}: {m}")
+        assert allocations[0] == allocations[1] == allocations[2], f"{label}: buffers reallocated {allocations}"
 
 
 def _check_rank(rank: int, world: int, port: int) -> None:
@@ -112,7 +122,7 @@ def _missing_peer(rank: int, world: int, port: int, flag: str) -> None:
             k = v = torch.randn(layout.num_tokens, 2, 8)
             start = time.monotonic()
             with pytest.raises(RingTimeoutError) as info:
-                hdp_attention(q, k, v, layout, timeout_s=1.0)
+                hdp_attention(q, k, v, MicroBatchAttention(layout, q.device, timeout_s=1.0))
             assert time.monotonic() - start < 20
             message = str(info.value)
             for part in ("ring 0", "micro-batch 0", "rank 1", "1 s"):

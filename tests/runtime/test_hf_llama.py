@@ -23,6 +23,7 @@ from transformers import LlamaForCausalLM  # noqa: E402
 
 from hdp.plan.model_config import ModelConfig  # noqa: E402
 from hdp.runtime.hf_export import llama_config  # noqa: E402
+from hdp.runtime.attention import MicroBatchAttention  # noqa: E402
 from hdp.runtime.layout import AttentionLayout, Span  # noqa: E402
 from hdp.runtime.model import build_model  # noqa: E402
 
@@ -38,12 +39,12 @@ def docs() -> list[torch.Tensor]:
     return [torch.tensor([rng.randrange(CFG.vocab_size) for _ in range(n)]) for n in LENGTHS]
 
 
-def packed_layout(lengths: list[int]) -> AttentionLayout:
+def packed_layout(lengths: list[int]) -> MicroBatchAttention:
     spans, row = [], 0
     for i, n in enumerate(lengths):
         spans.append(Span(i, row, row + n, 0))
         row += n
-    return AttentionLayout(0, 0, row, tuple(spans), tuple(spans), ())
+    return MicroBatchAttention(AttentionLayout(0, 0, row, tuple(spans), tuple(spans), ()), torch.device("cpu"))
 
 
 def hdp_loss_and_grads(model, batch: list[torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:

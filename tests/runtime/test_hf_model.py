@@ -133,17 +133,17 @@ def test_hf_models_on_3_ranks_with_rings_equal_1_rank_and_plain_transformers(tmp
 @pytest.mark.timeout(60)
 def test_offloaded_hf_layers_give_bit_identical_gradients():
     """Layer i of a transformers model runs inside the offload hook for layer i (module hooks, no patching)."""
-    from hdp.runtime.offload import OffloadSession
+    from hdp.runtime.offload import ActivationOffloader
     from hdp.runtime.train_step import forward_backward
 
     cfg = configs()["llama"]
     cfg.num_hidden_layers = 4  # offloading skips the first and last layer: leave some in the middle
     grads = []
-    for ratio in (None, 1.0):
+    for layers in (None, 2):  # 2: both middle layers
         model = build_hf_model(cfg, dtype=torch.float64, device=torch.device("cpu"), seed=SEED)
-        offload = None if ratio is None else OffloadSession(model.parameters(), torch.device("cpu"), 4,
-                                                             force_ratio=ratio)
-        forward_backward(model, one_rank_plan(), batch(), 0, torch.device("cpu"), timeout_s=10, offload=offload)
+        offload = None if layers is None else ActivationOffloader(torch.device("cpu"), 4, model.parameters())
+        forward_backward(model, one_rank_plan(), batch(), 0, torch.device("cpu"), timeout_s=10, offload=offload,
+                         offload_layers=layers)
         assert offload is None or offload.offloaded_bytes > 0
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():
@@ -153,12 +153,13 @@ def test_offloaded_hf_layers_give_bit_identical_gradients():
 @pytest.mark.timeout(30)
 def test_the_registered_mask_function_is_the_one_transformers_calls():
     """A padding mask or a KV cache reaches hdp's mask function and is refused, not silently dropped."""
+    from hdp.runtime.attention import MicroBatchAttention
     from hdp.runtime.layout import AttentionLayout, Span
 
     model = build_hf_model(configs()["llama"], dtype=torch.float64, device=torch.device("cpu"), seed=SEED)
     ids = torch.arange(6)[None]
     span = Span(0, 0, 6, 0)
-    layout = AttentionLayout(0, 0, 6, (span,), (span,), ())
+    layout = MicroBatchAttention(AttentionLayout(0, 0, 6, (span,), (span,), ()), torch.device("cpu"))
     padded = torch.tensor([[1, 1, 1, 1, 0, 0]])
     with pytest.raises(ValueError, match="without padding"):
         model.hf(input_ids=ids, attention_mask=padded, hdp_layout=layout, use_cache=False)

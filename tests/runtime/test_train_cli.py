@@ -42,6 +42,18 @@ def test_readme_command_trains_and_writes_the_documented_metrics(tmp_path):
     assert rec["strategy"] == "hdp" and rec["tokens"] == 4096 and rec["rings"] >= 1 and rec["max_ring"] >= 2
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nproc", [1, 3])
+def test_default_run_works_on_any_number_of_ranks(nproc, tmp_path):
+    """The default capacity is derived for --nproc: the newcomer's first command never fails on it."""
+    out = tmp_path / "m.jsonl"
+    proc = hdp_train("--nproc", str(nproc), "--steps", "1", "--metrics", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = read_metrics(out)
+    assert rec["tokens"] == 4096 and rec["max_ring"] <= nproc
+    assert "devices" in proc.stdout and f"cpu ({nproc} rank" in proc.stdout
+
+
 @pytest.mark.timeout(150)
 def test_loss_and_grad_norm_equal_on_1_and_3_ranks(tmp_path):
     common = ["--model", "tiny", "--dtype", "float64", "--seed", "0", "--steps", "2", "--global-batch-tokens", "1536",
@@ -60,7 +72,7 @@ def test_loss_and_grad_norm_equal_on_1_and_3_ranks(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
-    (["--nproc", "2", "--capacity", "64", "--max-seq-len", "1024"], "needs 16 ranks but only 2 exist"),
+    (["--nproc", "2", "--capacity", "64", "--max-seq-len", "1024"], "needs 16 ranks at capacity 64 but only 2 exist"),
     (["--data", "EMPTY"], "has no non-empty documents"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--lr", "nan"], "--lr must be a finite number > 0"),
@@ -69,6 +81,7 @@ def test_loss_and_grad_norm_equal_on_1_and_3_ranks(tmp_path):
     (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
     (["--recompute", "full", "--offload"], "offloading has nothing to move"),
     (["--model", "llama-7b", "--zero", "0", "--dtype", "bfloat16"], "does not fit one h100-sxm-80gb: it needs 121.3 GB"),
+    (["--offload-ratio", "1"], "offload_ratio 1 offloads no layer of model tiny"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_process_starts(args, message, tmp_path, capsys):
     empty = tmp_path / "empty"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import time
 from types import SimpleNamespace
 
@@ -27,8 +26,8 @@ from hdp.runtime.layout import Span
 from hdp.runtime.launch import watch
 from hdp.runtime.model import build_model
 from hdp.runtime.plan_check import check_world_size
-from hdp.runtime.reference import plain_attention
 from hdp.runtime.train_step import build_optimizer, train_step
+from tests.conftest import free_port, plain_attention
 
 pytestmark = pytest.mark.dist
 LENGTHS = [24, 10, 7, 5, 13, 9]
@@ -55,12 +54,6 @@ def hand_batch() -> GlobalBatch:
     rng = random.Random(7)
     docs = tuple(bytes(rng.randrange(256) for _ in range(n)) for n in LENGTHS)
     return GlobalBatch(BytesCorpus(docs), tuple(Slice(i, 0, n) for i, n in enumerate(LENGTHS)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, world: int, port: int, out_dir: str) -> None:

@@ -13,9 +13,9 @@ from hdp.data.corpus import BytesCorpus, default_corpus
 from hdp.plan import get_model
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
 from hdp.runtime.layout import Span
-from hdp.runtime.materialise import IGNORE, materialise
+from hdp.runtime.micro_batch_inputs import IGNORE, rank_inputs
 from hdp.runtime.model import build_model
-from hdp.runtime.reference import plain_attention
+from tests.conftest import plain_attention
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,8 +55,8 @@ def test_ring_piece_labels_come_from_the_next_piece_and_the_last_token_has_none(
     plan = Plan("test", 2, 8, (Sequence(0, 12),), (Ring(0, 0, (0, 1)),),
                 (RankPlan(0, (mb([Segment(0, 0, 3), Segment(0, 9, 12)]),)),
                  RankPlan(1, (mb([Segment(0, 3, 6), Segment(0, 6, 9)]),))))
-    (r0,) = materialise(plan, batch, 0, torch.device("cpu"))
-    (r1,) = materialise(plan, batch, 1, torch.device("cpu"))
+    (r0,) = rank_inputs(plan, batch, 0, torch.device("cpu"))
+    (r1,) = rank_inputs(plan, batch, 1, torch.device("cpu"))
     assert r0.positions.tolist() == [0, 1, 2, 9, 10, 11]
     assert r0.tokens.tolist() == [10, 11, 12, 19, 20, 21]
     assert r0.labels.tolist() == [11, 12, 13, 20, 21, IGNORE]  # 13 lives on rank 1
@@ -78,3 +78,36 @@ def test_layer_context_wraps_each_layer_and_changes_nothing():
     hooked = model(tokens, pos, layout, layer_context=ctx)
     assert entered == list(range(model.cfg.num_layers))
     torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+
+
+def test_attention_metadata_is_built_once_per_micro_batch_and_shared_by_every_layer(monkeypatch):
+    """torchtitan-style: masks and row indices per micro-batch, not per layer (L layers, 1 build)."""
+    from hdp.runtime import attention as attention_module
+    from hdp.runtime import micro_batch_inputs
+    from hdp.runtime.train_step import forward_backward
+    from tests.conftest import build_plan
+
+    builds: list[object] = []
+    real = attention_module.MicroBatchAttention
+
+    class Counted(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            builds.append(self)
+
+    monkeypatch.setattr(micro_batch_inputs, "MicroBatchAttention", Counted)
+    seen: list[object] = []
+
+    def spy(q, k, v, batch):  # type: ignore[no-untyped-def]
+        seen.append(batch)
+        return attention_module.hdp_attention(q, k, v, batch)
+
+    cfg = get_model("small")
+    model = build_model(cfg, dtype=torch.float64, device=torch.device("cpu"), seed=0, attention=spy)
+    lengths = [5, 9, 3, 12]
+    plan = build_plan(1, lengths, [[("doc", 0, 0), ("doc", 1, 0)], [("doc", 2, 0), ("doc", 3, 0)]])
+    data = tuple(bytes(range(i, i + n)) for i, n in enumerate(lengths))
+    batch = GlobalBatch(BytesCorpus(data), tuple(Slice(i, 0, n) for i, n in enumerate(lengths)))
+    forward_backward(model, plan, batch, 0, torch.device("cpu"), timeout_s=5.0)
+    assert len(builds) == 2  # one per micro-batch
+    assert seen == [builds[0]] * cfg.num_layers + [builds[1]] * cfg.num_layers

@@ -24,7 +24,7 @@ from hdp.data.corpus import BytesCorpus
 from hdp.plan import build_cost_model, get_model, make_plan
 from hdp.runtime.layout import Span
 from hdp.runtime.model import build_model
-from hdp.runtime.reference import plain_attention
+from tests.conftest import plain_attention
 from hdp.runtime.train_step import build_optimizer, train_step
 from tests.runtime.test_train_step import free_port, hand_batch, hand_plan
 

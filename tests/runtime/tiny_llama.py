@@ -7,11 +7,14 @@ Its forward takes the same ``layer_context`` hook as the runtime model: layer i 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from hdp.runtime.offload import ActivationOffloader
 
 
 class RMSNorm(nn.Module):
@@ -72,3 +75,13 @@ class TinyLlama(nn.Module):
                 x = layer(x)
         logits = self.head(self.norm(x))
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+
+
+def forward_backward(model: TinyLlama, tokens: torch.Tensor, labels: torch.Tensor, off: ActivationOffloader | None,
+                     layers: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One micro-batch's forward and backward, offloading ``layers`` layers; (loss, gradients)."""
+    model.zero_grad(set_to_none=True)
+    with off.micro_batch(layers) if off is not None else contextlib.nullcontext() as ctx:
+        loss = model(tokens, labels, layer_context=ctx)
+        loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]

@@ -1,4 +1,5 @@
-"""Hand-built plans and an independent dense reference for the attention tests.
+"""Shared test set-up: a free port, hand-built plans, deterministic attention inputs, and independent
+references (dense masked attention; plain attention for whole packed sequences).
 
 Plans are built directly (not by the planner) so each case pins down exactly what it exercises:
 ring sizes, rank orders, pieces of unequal or zero length, several rings in one micro-batch, and
@@ -7,12 +8,14 @@ whole documents beside ring pieces.
 
 from __future__ import annotations
 
-import socket
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from hdp.plan.zigzag import member_segments
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
+from hdp.plan.zigzag import member_segments
+from hdp.runtime.launch import free_port  # noqa: F401 - re-exported for the multi-process tests
 
 HQ, HKV, DIM = 4, 2, 8  # GQA: two query heads per kv head
 
@@ -58,6 +61,16 @@ def seq_tensors(seq: int, length: int, dtype=torch.float64) -> tuple[torch.Tenso
     return tuple(t.to(dtype) for t in (q, k, v, dout))
 
 
+def token_index(layout: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(seq_ids, positions)`` of every buffer row of an AttentionLayout, int64 [T] each."""
+    seq_ids = torch.empty(layout.num_tokens, dtype=torch.int64)
+    positions = torch.empty(layout.num_tokens, dtype=torch.int64)
+    for s in layout.spans:
+        seq_ids[s.start:s.end] = s.seq
+        positions[s.start:s.end] = torch.arange(s.pos_start, s.pos_start + s.num_tokens)
+    return seq_ids, positions
+
+
 def dense_reference(q, k, v, seq_ids, positions):
     """Attention with an explicit [T, T] mask: same sequence and key position <= query position.
 
@@ -73,7 +86,20 @@ def dense_reference(q, k, v, seq_ids, positions):
     return torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v), lse
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any) -> torch.Tensor:
+    """The model's attention for single-process references: causal within each whole sequence of
+    ``layout`` (anything with ``spans`` and no ``rings``), one SDPA call with an explicit T x T mask."""
+    if layout.rings:
+        raise ValueError("plain_attention handles whole sequences only; this micro-batch has ring pieces")
+    t, hq, d = q.shape
+    seq = torch.empty(t, dtype=torch.int64, device=q.device)
+    pos = torch.empty(t, dtype=torch.int64, device=q.device)
+    for s in layout.spans:
+        seq[s.start:s.end] = s.seq
+        pos[s.start:s.end] = torch.arange(s.pos_start, s.pos_start + s.num_tokens, device=q.device)
+    mask = (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])   # [T, T], query x key
+    rep = hq // k.shape[1]
+    kk = k.repeat_interleave(rep, dim=1)                                       # [T, Hq, D]
+    vv = v.repeat_interleave(rep, dim=1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), attn_mask=mask)
+    return out.transpose(0, 1)                                                 # [T, Hq, D]

@@ -31,11 +31,6 @@ def reduce_kv(x: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     return x if hq == num_kv_heads else x.view(n, num_kv_heads, hq // num_kv_heads, d).sum(dim=2)
 
 
-def any_visible(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
-    """Whether some query may attend some key; a False block is skipped (and would give NaN rows)."""
-    return q_pos.numel() > 0 and k_pos.numel() > 0 and bool(q_pos.max() >= k_pos.min())
-
-
 def _scores(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, scale: float) -> torch.Tensor:
     # [Hq, Nq, Nk], masked entries -inf
     s = torch.einsum("qhd,khd->hqk", q, expand_kv(k, q.shape[1])) * scale

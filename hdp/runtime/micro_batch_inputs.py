@@ -3,6 +3,7 @@
 A rank reads only the token ranges of its own segments (plus one token after each, for the label).
 Labels come from the global sequence, so a ring piece's last token is labelled by the first token of
 the next piece, wherever that piece lives; a sequence's last token has no label (``IGNORE``).
+Each micro-batch's attention metadata is built here, once, with its layout (``MicroBatchAttention``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 
 from hdp.data.batches import GlobalBatch
 from hdp.plan.types import Plan
-from hdp.runtime.layout import AttentionLayout, build_layout
+from hdp.runtime.attention import MicroBatchAttention
+from hdp.runtime.layout import build_layout
 
 IGNORE = -100
 """Label of a token with no next token (``cross_entropy``'s ignore_index)."""
@@ -21,13 +23,14 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class MicroBatchInputs:
-    """Packed buffer of one micro-batch: tokens/positions/labels int64 [T] and its attention layout."""
+    """Packed buffer of one micro-batch: tokens/positions/labels int64 [T], its attention metadata, and how
+    many layers the plan offloads (``MicroBatch.offload_layers``)."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
     labels: torch.Tensor
-    layout: AttentionLayout
-    offload_ratio: float
+    attention: MicroBatchAttention
+    offload_layers: int
 
     @property
     def num_tokens(self) -> int:
@@ -48,8 +51,9 @@ def check_batch_matches_plan(plan: Plan, batch: GlobalBatch) -> None:
         )
 
 
-def materialise(plan: Plan, batch: GlobalBatch, rank: int, device: torch.device) -> list[MicroBatchInputs]:
-    """Inputs of ``rank``'s micro-batches, in plan order (possibly none)."""
+def rank_inputs(plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
+                timeout_s: float | None = 60.0) -> list[MicroBatchInputs]:
+    """Inputs of ``rank``'s micro-batches, in plan order (possibly none); ring transfers wait ``timeout_s``."""
     out = []
     for mb_index, mb in enumerate(plan.ranks[rank].micro_batches):
         layout = build_layout(plan, rank, mb_index)
@@ -69,7 +73,7 @@ def materialise(plan: Plan, batch: GlobalBatch, rank: int, device: torch.device)
             tokens=torch.tensor(tokens, dtype=torch.int64, device=device),
             positions=torch.tensor(positions, dtype=torch.int64, device=device),
             labels=torch.tensor(labels, dtype=torch.int64, device=device),
-            layout=layout,
-            offload_ratio=mb.offload_ratio,
+            attention=MicroBatchAttention(layout, device, timeout_s=timeout_s),
+            offload_layers=mb.offload_layers,
         ))
     return out
