@@ -4,7 +4,7 @@ Whole sequences run document-masked causal attention locally; each ring's pieces
 with the ring's members, rings in ring-id order (the same order on every member: no deadlock
 without barriers). Outputs are reassembled in buffer order, so the caller sees one [T, Hq, D] tensor.
 
-What only depends on the micro-batch (row gathers, cu_seqlens on the device, block masks, ring
+What only depends on the micro-batch (the row order, cu_seqlens on the device, block masks, ring
 peers, timeout and transfer buffers) is a ``MicroBatchAttention``, built once per micro-batch with
 its layout and passed down to every layer: L layers share one set of metadata.
 """
@@ -22,25 +22,36 @@ class MicroBatchAttention:
     """One micro-batch's attention metadata on one rank, shared by every layer.
 
     Work order: the whole documents packed back to back, then each ring's two pieces in ring-id
-    order. When that is the buffer order (the common case: documents only) ``gather`` is None and
-    no rows move; otherwise ``gather`` puts buffer rows in work order and ``scatter`` puts the
-    outputs back, one index_select each instead of per-ring index building in every layer.
+    order. When that is the buffer order (the common case: documents only) no rows move; otherwise
+    the buffer is split into its pieces and concatenated in work order, and the outputs back (split
+    and cat: no index tensors, and on CPU twice as fast as an index_select and its scatter-add
+    backward, four times as fast as advanced indexing). The piece orders are computed here, once.
     ``timeout_s`` is how long ring transfers wait for a peer (None: no deadline of our own).
     """
 
-    def __init__(self, layout: AttentionLayout, device: torch.device, *, timeout_s: float | None = 60.0) -> None:
+    def __init__(self, layout: AttentionLayout, *, timeout_s: float | None = 60.0) -> None:
         self.layout = layout
         self.timeout_s = timeout_s
         self.docs = PackedDocs(layout.doc_cu_seqlens)
         self.rings = tuple(RingContext(slot, layout.mb_index, timeout_s) for slot in layout.rings)
         ranges = [(d.start, d.end) for d in layout.docs] + [(p.start, p.end) for s in layout.rings for p in s.pieces]
-        in_order = all(a == b for (_, b), (a, _) in zip(ranges, ranges[1:])) and (not ranges or ranges[0][0] == 0)
-        self.gather: torch.Tensor | None = None
-        self.scatter: torch.Tensor | None = None
-        if not in_order:
-            rows = torch.cat([torch.arange(a, b) for a, b in ranges])  # [T] buffer row of each work row
-            self.gather = rows.to(device)
-            self.scatter = torch.argsort(rows).to(device)
+        # Pieces tile the buffer (an empty ring piece sits, with no rows, next to its partner).
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i])  # work pieces in buffer order
+        self.reorder = order != list(range(len(ranges)))
+        self.work_sizes = [b - a for a, b in ranges]
+        self.buffer_sizes = [self.work_sizes[i] for i in order]
+        self.to_buffer = order  # buffer piece j is work piece order[j]
+        self.to_work = sorted(range(len(order)), key=order.__getitem__)  # work piece i is buffer piece to_work[i]
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Buffer rows -> work order."""
+        chunks = x.split(self.buffer_sizes)
+        return torch.cat([chunks[j] for j in self.to_work])
+
+    def scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """Work order -> buffer rows."""
+        chunks = x.split(self.work_sizes)
+        return torch.cat([chunks[i] for i in self.to_buffer])
 
 
 def hdp_attention(
@@ -61,8 +72,8 @@ def hdp_attention(
         )
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} kv heads")
-    if batch.gather is not None:
-        q, k, v = (x.index_select(0, batch.gather) for x in (q, k, v))
+    if batch.reorder:
+        q, k, v = (batch.gather(x) for x in (q, k, v))
     n = batch.docs.num_tokens
     outs = [doc_attention(q[:n], k[:n], v[:n], batch.docs, scale)[0]] if n or not batch.rings else []
     for ring in batch.rings:  # ring-id order, as built by build_layout
@@ -72,4 +83,4 @@ def hdp_attention(
         outs.append(ring_attention(q[n:n + m], k[n:n + m], v[n:n + m], ring, scale))
         n += m
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return out if batch.scatter is None else out.index_select(0, batch.scatter)
+    return batch.scatter(out) if batch.reorder else out

@@ -73,7 +73,7 @@ def rank_inputs(plan: Plan, batch: GlobalBatch, rank: int, device: torch.device,
             tokens=torch.tensor(tokens, dtype=torch.int64, device=device),
             positions=torch.tensor(positions, dtype=torch.int64, device=device),
             labels=torch.tensor(labels, dtype=torch.int64, device=device),
-            attention=MicroBatchAttention(layout, device, timeout_s=timeout_s),
+            attention=MicroBatchAttention(layout, timeout_s=timeout_s),
             offload_layers=mb.offload_layers,
         ))
     return out

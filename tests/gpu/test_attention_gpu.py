@@ -61,7 +61,7 @@ def test_document_mask_is_built_once_for_all_layers():
     dev = torch.device("cuda", torch.cuda.current_device())
     lengths = [100, 37, 300]
     plan = build_plan(1, lengths, [[("doc", i, 0) for i in range(len(lengths))]])
-    batch = MicroBatchAttention(build_layout(plan, 0, 0), dev)
+    batch = MicroBatchAttention(build_layout(plan, 0, 0))
     cfg = get_model("small")
     model = build_model(cfg, dtype=torch.float32, device=dev, seed=0)
     tokens = torch.randint(0, 256, (sum(lengths),), device=dev)

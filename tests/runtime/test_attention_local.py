@@ -123,7 +123,7 @@ def test_hdp_attention_whole_docs_needs_no_process_group():
         q, k, v, dout = (torch.stack([per_seq[s][j][p] for s, p in zip(seq_ids.tolist(), positions.tolist())])
                          for j in range(4))
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = hdp_attention(*leaves, MicroBatchAttention(lay, q.device, timeout_s=1.0))
+        out = hdp_attention(*leaves, MicroBatchAttention(lay, timeout_s=1.0))
         out.backward(dout)
         ref_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         ref_out, _ = dense_reference(*ref_leaves, seq_ids, positions)
@@ -211,7 +211,7 @@ def test_fused_pair_kernel_equals_matmul_kernel(causal, nq, nk):
 
 def test_hdp_attention_rejects_buffers_that_do_not_match_the_layout():
     lay = build_layout(build_plan(1, [5, 3], [[("doc", 0, 0), ("doc", 1, 0)]]), 0, 0)
-    batch = MicroBatchAttention(lay, torch.device("cpu"))
+    batch = MicroBatchAttention(lay)
     q, kv = torch.randn(8, HQ, DIM), torch.randn(8, HKV, DIM)
     with pytest.raises(ValueError, match="has 8 tokens"):
         hdp_attention(q[:7], kv, kv, batch)

@@ -72,7 +72,7 @@ def _check_plan(plan, rank: int, refs, label: str, dtype: torch.dtype, tol: floa
 
         # Three "layers" share one micro-batch's metadata: each must give the same exact result, and
         # the ring transfer buffers allocated by the first are reused by the others.
-        batch = MicroBatchAttention(layout, torch.device("cpu"), timeout_s=30.0)
+        batch = MicroBatchAttention(layout, timeout_s=30.0)
         allocations = []
         for layer in range(3):
             q, k, v = (rows(j).to(dtype).requires_grad_() for j in range(3))
@@ -122,7 +122,7 @@ def _missing_peer(rank: int, world: int, port: int, flag: str) -> None:
             k = v = torch.randn(layout.num_tokens, 2, 8)
             start = time.monotonic()
             with pytest.raises(RingTimeoutError) as info:
-                hdp_attention(q, k, v, MicroBatchAttention(layout, q.device, timeout_s=1.0))
+                hdp_attention(q, k, v, MicroBatchAttention(layout, timeout_s=1.0))
             assert time.monotonic() - start < 20
             message = str(info.value)
             for part in ("ring 0", "micro-batch 0", "rank 1", "1 s"):
