@@ -44,7 +44,7 @@ def packed_layout(lengths: list[int]) -> MicroBatchAttention:
     for i, n in enumerate(lengths):
         spans.append(Span(i, row, row + n, 0))
         row += n
-    return MicroBatchAttention(AttentionLayout(0, 0, row, tuple(spans), tuple(spans), ()), torch.device("cpu"))
+    return MicroBatchAttention(AttentionLayout(0, 0, row, tuple(spans), tuple(spans), ()))
 
 
 def hdp_loss_and_grads(model, batch: list[torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:

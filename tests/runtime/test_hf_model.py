@@ -159,7 +159,7 @@ def test_the_registered_mask_function_is_the_one_transformers_calls():
     model = build_hf_model(configs()["llama"], dtype=torch.float64, device=torch.device("cpu"), seed=SEED)
     ids = torch.arange(6)[None]
     span = Span(0, 0, 6, 0)
-    layout = MicroBatchAttention(AttentionLayout(0, 0, 6, (span,), (span,), ()), torch.device("cpu"))
+    layout = MicroBatchAttention(AttentionLayout(0, 0, 6, (span,), (span,), ()))
     padded = torch.tensor([[1, 1, 1, 1, 0, 0]])
     with pytest.raises(ValueError, match="without padding"):
         model.hf(input_ids=ids, attention_mask=padded, hdp_layout=layout, use_cache=False)
