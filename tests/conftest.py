@@ -8,6 +8,7 @@ whole documents beside ring pieces.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -103,3 +104,36 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: A
     vv = v.repeat_interleave(rep, dim=1)
     out = F.scaled_dot_product_attention(q.transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), attn_mask=mask)
     return out.transpose(0, 1)                                                 # [T, Hq, D]
+
+
+def reference_adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """torch's own AdamW with hdp's recipe (β = 0.9, 0.95, decay on matrices only): the references'
+    optimizer, independent of hdp's sharded one."""
+    params = list(model.parameters())
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+
+
+def reference_step(model: torch.nn.Module, opt: torch.optim.Optimizer, docs: list[torch.Tensor],
+                   max_grad_norm: float) -> dict[str, Any]:
+    """One textbook training step in one process: every document alone (``plain_attention``), the
+    token-mean cross-entropy over all documents, global-norm clip, ``opt.step()``. Returns the loss,
+    the grad norm before clipping, the clipped gradients and the parameters after the update."""
+    from hdp.runtime.layout import Span
+
+    opt.zero_grad(set_to_none=True)
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for i, ids in enumerate(docs):
+        n = len(ids)
+        layout = SimpleNamespace(spans=(Span(i, 0, n, 0),), rings=())
+        logits = model(ids, torch.arange(n), layout)
+        total = total + F.cross_entropy(logits[:-1], ids[1:], reduction="sum")
+        count += n - 1
+    loss = total / count
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    opt.step()
+    return {"loss": float(loss.detach()), "grad_norm": float(norm), "grads": grads,
+            "params": {name: p.detach().clone() for name, p in model.named_parameters()}}

@@ -23,7 +23,7 @@ from hdp.data.batches import BatchStream
 from hdp.data.dump import BatchDump
 from hdp.data.load import TrainingData, load_training_data
 from hdp.data.tokenizer import check_vocab
-from hdp.plan import PlanError, build_cost_model, get_strategy, make_plan
+from hdp.plan import build_cost_model, get_strategy, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.device import load_profile
 from hdp.plan.flops import batch_flops, mfu, tflops_per_device

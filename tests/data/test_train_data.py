@@ -8,18 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hdp.data.batches import BatchStream
 from hdp.data.load import load_training_data
 from hdp.plan import get_model
-from hdp.runtime.layout import Span
 from hdp.runtime.model import build_model
-from tests.conftest import plain_attention
+from tests.conftest import plain_attention, reference_adamw, reference_step
 from tests.data import files
 
 pytestmark = pytest.mark.dist
@@ -77,23 +74,11 @@ def test_loss_recomputed_from_the_dump_equals_the_metrics(runs):
     # plain single process: every sequence attended on its own with a dense mask, the textbook loss
     model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=3,
                         attention=plain_attention)
-    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
-                             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=LR, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    opt = reference_adamw(model, LR)
     for rec, want in zip(dump, metrics, strict=True):
         for g in opt.param_groups:
             g["lr"] = want["lr"]  # the run's schedule (tests/runtime checks lr_at itself)
-        opt.zero_grad()
-        total, count = torch.zeros((), dtype=torch.float64), 0
-        for i, doc in enumerate(rec["documents"]):
-            ids = torch.tensor(doc)
-            layout = SimpleNamespace(spans=(Span(i, 0, len(doc), 0),), rings=())
-            logits = model(ids, torch.arange(len(doc)), layout)
-            total = total + F.cross_entropy(logits[:-1], ids[1:], reduction="sum")
-            count += len(doc) - 1
-        loss = total / count
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        opt.step()
-        assert want["loss"] == pytest.approx(float(loss.detach()), rel=1e-12), f"step {rec['step']} loss"
-        assert want["grad_norm"] == pytest.approx(float(norm), rel=1e-10), f"step {rec['step']} grad norm"
+        got = reference_step(model, opt, [torch.tensor(doc) for doc in rec["documents"]], MAX_GRAD_NORM)
+        loss, norm = got["loss"], got["grad_norm"]
+        assert want["loss"] == pytest.approx(loss, rel=1e-12), f"step {rec['step']} loss"
+        assert want["grad_norm"] == pytest.approx(norm, rel=1e-10), f"step {rec['step']} grad norm"

@@ -10,24 +10,21 @@ from __future__ import annotations
 import os
 import random
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from hdp.data.batches import GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus
 from hdp.plan import get_model
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
-from hdp.runtime.layout import Span
 from hdp.runtime.launch import watch
 from hdp.runtime.model import build_model
 from hdp.runtime.plan_check import check_world_size
 from hdp.runtime.train_step import build_optimizer, train_step
-from tests.conftest import free_port, plain_attention
+from tests.conftest import free_port, plain_attention, reference_adamw, reference_step
 
 pytestmark = pytest.mark.dist
 LENGTHS = [24, 10, 7, 5, 13, 9]
@@ -74,24 +71,10 @@ def reference() -> dict:
     """Single process, plain dense attention, whole sequences, the textbook loss: no hdp code path."""
     model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=0,
                         attention=plain_attention)
-    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
-                             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=LR, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    opt = reference_adamw(model, LR)
     batch = hand_batch()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    for i, n in enumerate(LENGTHS):
-        ids = torch.tensor(list(batch.read(i, 0, n)))
-        layout = SimpleNamespace(spans=(Span(i, 0, n, 0),), rings=())
-        logits = model(ids, torch.arange(n), layout)
-        total = total + F.cross_entropy(logits[:-1], ids[1:], reduction="sum")
-        count += n - 1
-    loss = total / count
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    opt.step()
-    return {"loss": float(loss.detach()), "grad_norm": float(norm), "grads": grads,
-            "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
+    return reference_step(model, opt, [torch.tensor(list(batch.read(i, 0, n))) for i, n in enumerate(LENGTHS)],
+                          MAX_GRAD_NORM)
 
 
 @pytest.mark.timeout(90)

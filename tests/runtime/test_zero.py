@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import os
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from hdp.data.batches import GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus
 from hdp.plan import build_cost_model, get_model, make_plan
-from hdp.runtime.layout import Span
 from hdp.runtime.model import build_model
-from tests.conftest import plain_attention
+from tests.conftest import plain_attention, reference_adamw, reference_step
 from hdp.runtime.train_step import build_optimizer, train_step
 from tests.runtime.test_train_step import free_port, hand_batch, hand_plan
 
@@ -98,26 +95,9 @@ def reference(world: int) -> list[dict]:
     """Single process: dense attention, whole sequences, textbook loss, torch AdamW. No hdp optimizer."""
     model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=0,
                         attention=plain_attention)
-    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": WD},
-                             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=LR, betas=(0.9, 0.95), eps=1e-8, foreach=False)
-    out = []
-    for _, batch in steps_for(world):
-        opt.zero_grad(set_to_none=True)
-        total, count = torch.zeros((), dtype=torch.float64), 0
-        for i, n in enumerate(batch.lengths):
-            ids = torch.tensor(list(batch.read(i, 0, n)))
-            logits = model(ids, torch.arange(n), SimpleNamespace(spans=(Span(i, 0, n, 0),), rings=()))
-            total = total + F.cross_entropy(logits[:-1], ids[1:], reduction="sum")
-            count += n - 1
-        loss = total / count
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        opt.step()
-        out.append({"loss": float(loss.detach()), "grad_norm": float(norm), "grads": grads,
-                    "params": {n: p.detach().clone() for n, p in model.named_parameters()}})
-    return out
+    opt = reference_adamw(model, LR, WD)
+    return [reference_step(model, opt, [torch.tensor(list(batch.read(i, 0, n))) for i, n in enumerate(batch.lengths)],
+                           MAX_GRAD_NORM) for _, batch in steps_for(world)]
 
 
 def check_against_reference(results: list[dict], ref: list[dict], world: int) -> None:
