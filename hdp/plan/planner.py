@@ -7,6 +7,7 @@ try other placements call the two steps themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from hdp.plan.balance import plan_balanced, plan_naive
@@ -56,6 +57,8 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
     placements = place_all(lengths, num_ranks, capacity, cost, s)
+    if topology is not None and s.layout == "fewest":
+        placements = node_aligned(placements, num_ranks, topology)
     return plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                        topology=topology)
 
@@ -70,6 +73,23 @@ def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel
         if p.ranks > num_ranks:
             _too_long(i, lengths[i], p.ranks, num_ranks, capacity, strategy)
     return placements
+
+
+def node_aligned(placements: list[Placement], num_ranks: int, topology: Topology) -> list[Placement]:
+    """With two-level rings, a ring wider than a node gets whole nodes: its size rounds up to a
+    multiple of the node (at most ranks_per_node - 1 more ranks, fewer tokens each). A ring of
+    prime or awkward size otherwise finds no m x g layout once ranks are fragmented, falls back to
+    a flat ring and exposes its transfers; the plan then no longer claims ``fewest_ranks``."""
+    if topology.ring_algo != "two-level" or topology.ranks_per_node < 2:
+        return placements
+    g = topology.ranks_per_node
+    out = []
+    for p in placements:
+        k = -(-p.ranks // g) * g
+        if p.ranks > g and k != p.ranks and k <= num_ranks:
+            p = dataclasses.replace(p, ranks=k)
+        out.append(p)
+    return out
 
 
 def _too_long(i: int, length: int, need: int, num_ranks: int, capacity: int, strategy: Strategy) -> None:

@@ -91,3 +91,14 @@ def test_without_a_topology_plans_are_unchanged_and_the_scheduler_places_rings_b
         assert ring.size > 4 or len(counts) == 1
         assert min(counts.values()) >= 2
     assert topo.predicted_step_time_s >= plain.predicted_step_time_s * 0.5
+
+
+def test_two_level_rings_wider_than_a_node_take_whole_nodes():
+    lengths = [90_000, 45_000] + [3_000] * 40  # fewest ranks: 9 and 5 at C = 10,000
+    plan = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "two-level"))
+    sizes = {r.seq: r.size for r in plan.rings}
+    assert sizes[0] == 12 and sizes[1] == 8  # rounded up to whole nodes of 4
+    assert all(r.algo == "two-level" for r in plan.rings if r.size > 4)
+    assert "fewest_ranks" not in plan.extra and violations(plan) == []
+    flat = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "flat"))
+    assert {r.seq: r.size for r in flat.rings}[0] == 9 and flat.extra.get("fewest_ranks")
