@@ -91,3 +91,45 @@ def test_two_level_on_uneven_nodes_falls_back_to_flat():
         draft.ranks[r].append(draft.ring_micro_batch([g]))
     plan = draft.finish("test", COST, topology=Topology(4, "two-level"))
     assert plan.rings[0].algo == "flat" and plan.gpus_per_node == 4
+
+
+def test_simulate_json_gives_both_speedups_and_exposed_comm_by_algorithm(capsys):
+    import json
+
+    from hdp.cli import main
+
+    code = main(["simulate", "--gpus", "32", "--gpus-per-node", "4", "--tokens", "600000", "--max-len", "131072",
+                 "--strategies", "static,pow2,hdp", "--ring-algo", "two-level", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    d = json.loads(out)
+    assert d["ring_algo"] == "two-level" and d["gpus_per_node"] == 4
+    assert list(d["strategies"]) == ["static", "pow2", "hdp"]
+    flat = d["static_flat"]["step_time_s"]
+    for row in d["strategies"].values():
+        assert row["speedup_vs_flat_static"] == pytest.approx(flat / row["step_time_s"], rel=1e-12)
+        assert set(row["exposed_comm_s"]) <= {"flat", "two-level"}
+        assert sum(row["exposed_comm_s"].values()) == pytest.approx(sum(row["exposed_comm_s_by_ring_size"].values()))
+    assert d["strategies"]["static"]["step_time_s"] <= flat  # the same mesh with a better ring
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        main(["simulate", "--gpus", "32", "--ring-algo", "sideways"])
+    assert e.value.code == 2 and "--ring-algo" in capsys.readouterr().err
+
+
+def test_plan_file_records_the_ring_algorithm_and_the_node_size(tmp_path, capsys):
+    import json
+
+    from hdp.cli import main
+    from hdp.plan.validate import violations
+    from hdp.plan import Plan
+
+    out = tmp_path / "p.json"
+    code = main(["plan", "--ranks", "32", "--gpus-per-node", "4", "--tokens", "600000", "--max-len", "131072",
+                 "--ring-algo", "two-level", "--out", str(out), "--json"])
+    assert code == 0
+    info = json.loads(capsys.readouterr().out)
+    d = json.loads(out.read_text())
+    assert d["gpus_per_node"] == 4
+    plan = Plan.from_json(out.read_text())
+    assert violations(plan) == []
+    assert info["rings_by_algo"].get("two-level", 0) == sum(1 for r in plan.rings if r.algo == "two-level") > 0
