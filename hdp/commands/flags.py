@@ -51,6 +51,23 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
                         "an extra forward in the cost model; default none)")
 
 
+DEFAULT_RING_ALGO = "two-level"
+"""The best ring algorithm measured (benchmarks/ring_targets.py; README)."""
+
+
+def add_topology_arguments(p: argparse.ArgumentParser, gpus_per_node: bool = True) -> None:
+    """``--gpus-per-node`` and ``--ring-algo``: node-aware ring placement and the ring algorithm."""
+    from hdp.plan.types import RING_ALGOS
+
+    if gpus_per_node:
+        p.add_argument("--gpus-per-node", type=int, default=8,
+                       help="GPUs per node: rings are placed by node and ring steps across nodes use NICs (default 8)")
+    p.add_argument("--ring-algo", choices=RING_ALGOS, default=DEFAULT_RING_ALGO,
+                   help="how rings move K/V: flat (one ring), two-level (ring inside each node + parallel rings "
+                        "across nodes over every NIC), bidirectional (half the KV heads each way); where it does "
+                        f"not apply a ring falls back to flat (default {DEFAULT_RING_ALGO}, the best measured)")
+
+
 def check_memory_arguments(args: argparse.Namespace) -> None:
     if args.recompute == "full" and getattr(args, "offload", False):
         raise ValueError("--recompute full keeps only each layer's input, so offloading has nothing to move: "

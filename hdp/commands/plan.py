@@ -10,7 +10,7 @@ import tempfile
 import time
 
 from hdp.commands.flags import (PLAN_FLAGS, add_max_len, add_memory_arguments, add_model_arguments, add_pp,
-                                check_memory_arguments, user_error, with_strategy_table)
+                                add_topology_arguments, check_memory_arguments, user_error, with_strategy_table)
 from hdp.data.synthetic import DISTRIBUTIONS, read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, get_strategy, make_plan
 
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", action="store_true",
                    help="kept for old scripts: hdp-naive -> hdp-offload, hdp-balance -> hdp (hdp already offloads)")
     add_memory_arguments(p)
+    add_topology_arguments(p)
     p.add_argument("--out", metavar="PLAN_JSON", help="write the plan here (hdp.plan/1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     with_strategy_table(p)
@@ -72,6 +73,7 @@ def summary(plan: Plan, planning_time_s: float) -> dict[str, object]:
         "rings": len(plan.rings),
         "max_ring": plan.max_ring,
         "rings_by_size": {str(k): v for k, v in plan.ring_sizes().items()},
+        "rings_by_algo": _rings_by_algo(plan),
         "rank_slots_by_ring_size": ranks_by_ring,
         "micro_batches_min": min(counts),
         "micro_batches_max": max(counts),
@@ -84,6 +86,13 @@ def summary(plan: Plan, planning_time_s: float) -> dict[str, object]:
     return out
 
 
+def _rings_by_algo(plan: Plan) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in plan.rings:
+        out[r.algo] = out.get(r.algo, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def print_summary(info: dict[str, object]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -93,6 +102,7 @@ def print_summary(info: dict[str, object]) -> None:
     t.add_row("sequences / tokens", f"{info['sequences']:,} / {info['tokens']:,}")
     rings = ", ".join(f"{n}×{k}" for k, n in info["rings_by_size"].items()) or "none"  # type: ignore[union-attr]
     t.add_row("rings (count×size)", rings)
+    t.add_row("ring algorithms", ", ".join(f"{n}×{a}" for a, n in info["rings_by_algo"].items()) or "none")  # type: ignore[union-attr]
     t.add_row("micro-batches per rank", f"{info['micro_batches_min']} – {info['micro_batches_max']}")
     if "cp_size" in info:
         t.add_row("static CP size", str(info["cp_size"]))
@@ -137,9 +147,15 @@ def run(args: argparse.Namespace) -> int:
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)
+    if args.gpus_per_node < 1:
+        raise ValueError(f"--gpus-per-node must be >= 1, got {args.gpus_per_node}")
+    from hdp.plan.topology import Topology
+
+    topology = Topology(max(1, args.gpus_per_node // args.pp), args.ring_algo, kv_heads=cost.model.num_kv_heads)
     start = time.perf_counter()
     try:
-        plan = make_plan(lengths, args.ranks, capacity, cost, strategy, max_len=max_len, seed=args.seed)
+        plan = make_plan(lengths, args.ranks, capacity, cost, strategy, max_len=max_len, seed=args.seed,
+                         topology=topology)
     except PlanError as e:
         raise user_error(e, PLAN_FLAGS) from None
     planning_time = time.perf_counter() - start

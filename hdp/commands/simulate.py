@@ -7,8 +7,8 @@ import argparse
 import json
 import sys
 
-from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp, user_error,
-                                with_strategy_table)
+from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp,
+                                add_topology_arguments, user_error, with_strategy_table)
 from hdp.commands.plan import add_workload_arguments
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, PlanError, build_cost_model
@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="HDP ranks instead of GPUs: --gpus = N x --tp x --pp")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of one HDP rank (default 1)")
     add_pp(p, "pipeline stages of one HDP rank (default 1)")
-    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpus-per-node", type=int, default=8,
+                   help="GPUs per node: rings are placed by node, steps across nodes use NICs (default 8)")
+    add_topology_arguments(p, gpus_per_node=False)
     p.add_argument("--nvlink-gbps", type=float, default=NVLINK_GBPS,
                    help=f"NVLink GB/s per GPU per direction (default {NVLINK_GBPS:g}: H100 NVLink4, 900 GB/s bidirectional)")
     p.add_argument("--inter-gbps", type=float, default=INTER_GBPS,
@@ -102,12 +104,14 @@ def run(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies)
     cluster, cost, capacity = build(args)
     batches, max_len = load_batches(args)
-    sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed)
+    sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed, ring_algo=args.ring_algo,
+                   flat_static="static" in strategies)
     notes = {name: user_error(e, SIMULATE_FLAGS).args[0] for name, e in sim.skipped.items()}
     if not sim.table:
         raise ValueError("no strategy can plan this batch: " + "; ".join(f"{n}: {m}" for n, m in notes.items()))
     title = (f"{cost.model.name} · {cluster.gpus:,} GPUs (tp={cluster.tp}, pp={cluster.pp}, "
-             f"{cluster.num_ranks:,} HDP ranks) · C={capacity:,} · {sum(batches[0]):,} tokens")
+             f"{cluster.num_ranks:,} HDP ranks) · C={capacity:,} · {sum(batches[0]):,} tokens · "
+             f"{args.ring_algo} rings")
     plots = []
     if args.plot:
         plots = _plots(sim, args.plot, title)
@@ -116,14 +120,19 @@ def run(args: argparse.Namespace) -> int:
             "model": cost.model.name, "device": cost.device.name, "gpus": cluster.gpus, "tp": cluster.tp,
             "pp": cluster.pp, "num_ranks": cluster.num_ranks, "capacity_tokens": capacity,
             "steps": len(batches), "tokens_per_step": sum(batches[0]), "strategies": sim.table,
+            "ring_algo": args.ring_algo, "gpus_per_node": cluster.gpus_per_node,
             "simulation_time_s": sim.simulation_time_s, "plots": plots,
         }
+        if sim.static_flat:
+            out["static_flat"] = sim.static_flat
         if notes:
             out["skipped"] = notes
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
     else:
         print(format_table(sim.table, title))
+        if sim.static_flat:
+            print(f"static with flat rings: {sim.static_flat['step_time_s']:.3f} s (the 'vs flat' baseline)")
         for name, note in notes.items():
             print(f"{name}: skipped, {note}")
         print(f"simulated {len(batches)} step(s) x {len(sim.table)} strategies in {sim.simulation_time_s:.1f} s "

@@ -20,8 +20,15 @@ import bisect
 import heapq
 from dataclasses import dataclass
 
+from typing import Callable
+
 from hdp.plan.sharding import Placement
 from hdp.plan.balance_measure import Weights
+
+Pick = Callable[[list[int], int], list[int]]
+"""(free ranks, k) -> the k members a ring takes (``hdp.plan.topology.pick_members``)."""
+Stretch = Callable[[int, tuple[int, ...]], float]
+"""(sequence, members) -> how much longer than its compute a ring member runs (ring transfers)."""
 
 
 @dataclass(slots=True)
@@ -55,10 +62,17 @@ class _Locals:
         return self.jobs.pop()
 
 
-def schedule(lengths: list[int], placements: list[Placement], weights: Weights, num_ranks: int) -> tuple[list[list[Job]], list[Job]]:
-    """Per-rank job lists in time order, and the rings in start order."""
+def schedule(lengths: list[int], placements: list[Placement], weights: Weights, num_ranks: int,
+             pick: Pick | None = None, stretch: Stretch | None = None) -> tuple[list[list[Job]], list[Job]]:
+    """Per-rank job lists in time order, and the rings in start order.
+
+    ``pick`` chooses a ring's members among the free ranks (default: the lowest); ``stretch`` makes
+    a ring's time its compute plus exposed transfers, first for an ideal placement (ranks 0..k-1),
+    then for the members it gets."""
+    base = {i: weights.ring(n, p.ranks) for i, (n, p) in enumerate(zip(lengths, placements)) if p.ranks > 1}
     rings = sorted(
-        (Job(i, weights.ring(n, p.ranks), p.ranks) for i, (n, p) in enumerate(zip(lengths, placements)) if p.ranks > 1),
+        (Job(i, t * (stretch(i, tuple(range(placements[i].ranks))) if stretch else 1.0), placements[i].ranks)
+         for i, t in base.items()),
         key=lambda j: (-j.time, -j.ranks, j.seq),
     )
     locals_ = _Locals([
@@ -74,6 +88,8 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
     def run(job: Job, at: float, members: list[int]) -> float:
         """Record a job; the caller tracks when its ranks are free again."""
         job.start, job.members = at, tuple(sorted(members))
+        if job.ranks > 1 and stretch is not None:
+            job.time = base[job.seq] * stretch(job.seq, job.members)
         for r in members:
             per_rank[r].append(job)
         if job.ranks > 1:
@@ -90,14 +106,20 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
         head = pending[0]
         if head.ranks <= len(free):
             pending.pop(0)
-            members = [heapq.heappop(free) for _ in range(head.ranks)]
+            if pick is None:
+                members = [heapq.heappop(free) for _ in range(head.ranks)]
+            else:
+                members = pick(free, head.ranks)
+                taken = set(members)
+                free[:] = [r for r in free if r not in taken]
+                heapq.heapify(free)
             end = run(head, clock, members)
             for r in members:
                 heapq.heappush(busy, (end, r))
             continue
         need = head.ranks - len(free)
         shadow = heapq.nsmallest(need, busy)[-1][0]
-        for end, r in _backfill(pending, locals_, free, clock, shadow, run):
+        for end, r in _backfill(pending, locals_, free, clock, shadow, run, pick):
             heapq.heappush(busy, (end, r))
         clock = shadow
 
@@ -113,7 +135,7 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
 
 
 def _backfill(pending: list[Job], locals_: _Locals, free: list[int], clock: float, shadow: float,
-              run) -> list[tuple[float, int]]:
+              run, pick: Pick | None = None) -> list[tuple[float, int]]:
     """Fill the free ranks' window [clock, shadow) with rings and whole sequences that end by then.
 
     Returns (finish, rank) of the ranks given work; the others stay in ``free`` and idle.
@@ -127,7 +149,12 @@ def _backfill(pending: list[Job], locals_: _Locals, free: list[int], clock: floa
         job = pending[i]
         if job.ranks <= len(ready) and job.time <= window:
             pending.pop(i)
-            members, ready = ready[:job.ranks], ready[job.ranks:]
+            if pick is None:
+                members, ready = ready[:job.ranks], ready[job.ranks:]
+            else:
+                members = pick(ready, job.ranks)
+                taken = set(members)
+                ready = [r for r in ready if r not in taken]
             end = run(job, clock, members)
             for r in members:
                 at[r] = end

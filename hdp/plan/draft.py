@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from hdp.plan.cost import CostModel
 from hdp.plan.estimate import estimate
 from hdp.plan.sharding import offload_ratio_of
+from hdp.plan.topology import Topology, ring_algo_for
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
 from hdp.plan.zigzag import member_segments
 
@@ -52,8 +53,12 @@ class Draft:
     def ring_micro_batch(self, rings: list[int], offload_layers: int = 0, token_limit: int = 0) -> DraftMicroBatch:
         return DraftMicroBatch(rings=list(rings), offload_layers=offload_layers, token_limit=token_limit or self.capacity)
 
-    def finish(self, strategy: str, cost: CostModel, stages: int = 1, extra: dict | None = None) -> Plan:
-        rings = tuple(Ring(i, s, tuple(m)) for i, (s, m) in enumerate(zip(self.ring_seq, self.ring_ranks)))
+    def finish(self, strategy: str, cost: CostModel, stages: int = 1, extra: dict | None = None,
+               topology: Topology | None = None) -> Plan:
+        """The frozen plan; with a ``topology`` every ring records the algorithm it runs (the one
+        asked for where it applies, else flat) and the plan its ``gpus_per_node``."""
+        rings = tuple(Ring(i, s, tuple(m), ring_algo_for(m, topology) if topology else "flat")
+                      for i, (s, m) in enumerate(zip(self.ring_seq, self.ring_ranks)))
         position = [{r: i for i, r in enumerate(m)} for m in self.ring_ranks]
         rank_plans = []
         for rank, mbs in enumerate(self.ranks):
@@ -75,7 +80,8 @@ class Draft:
             rings=rings,
             ranks=tuple(rank_plans),
             pipeline_stages=stages,
+            gpus_per_node=topology.ranks_per_node if topology else 0,
             extra=dict(extra or {}),
         )
-        predicted, bound = estimate(plan, cost)
+        predicted, bound = estimate(plan, cost, topology)
         return dataclasses.replace(plan, predicted_step_time_s=predicted, lower_bound_s=bound)

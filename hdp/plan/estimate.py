@@ -7,10 +7,15 @@ communication, offload copies, pipeline bubbles, gradient sync).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hdp.plan.cost import CostModel
 from hdp.plan.replay import replay
 from hdp.plan.types import MicroBatch, Plan
 from hdp.plan.work import bound_from_items
+
+if TYPE_CHECKING:
+    from hdp.plan.topology import Topology
 
 
 def micro_batch_time(plan: Plan, mb: MicroBatch, cost: CostModel) -> float:
@@ -50,16 +55,20 @@ def micro_batch_times(plan: Plan, cost: CostModel) -> list[list[float]]:
     return [[timed(mb) for mb in rp.micro_batches] for rp in plan.ranks]
 
 
-def estimate(plan: Plan, cost: CostModel) -> tuple[float, float]:
+def estimate(plan: Plan, cost: CostModel, topology: "Topology | None" = None) -> tuple[float, float]:
     """(predicted step time, lower bound) under the cost model.
 
     The cost model holds the layers of one pipeline stage, so a micro-batch's time t is its time
     on every stage; a 1F1B pipeline of P stages adds a bubble of (P-1) times its largest t.
     The bound (``time_bound``) covers compute on the fewest ranks without offloading and no
     pipeline bubble: see docs/plan-format.md, "What the bounds cover".
+    With a ``topology`` the prediction adds every ring member's exposed transfers by the ring's
+    algorithm and placement (``hdp.plan.ringcomm``); the bound stays compute only.
     """
     p = plan.pipeline_stages
     times = micro_batch_times(plan, cost)
+    if topology is not None:
+        times = _with_ring_transfers(plan, cost, topology, times)
     rep = replay(plan, times)
     bubble = [(p - 1) * max(t, default=0.0) for t in times]
     predicted = max((f + b for f, b in zip(rep.finish, bubble)), default=0.0)
@@ -75,3 +84,17 @@ def time_bound(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
         k = -(-n // capacity)
         items.append((cost.seq_time(n, k), k))
     return bound_from_items(items, num_ranks, stages)
+
+
+def _with_ring_transfers(plan: Plan, cost: CostModel, topology: "Topology", times: list[list[float]]) -> list[list[float]]:
+    """``times`` plus each ring micro-batch's exposed ring transfers (each ring alone)."""
+    from hdp.plan.ringcomm import links_of, member_exposure_s
+    from hdp.plan.topology import ring_shape
+
+    links = links_of(topology)
+    per_ring = []
+    for ring in plan.rings:
+        m, g = ring_shape(ring.ranks, topology.ranks_per_node)
+        per_ring.append(member_exposure_s(cost, plan.sequences[ring.seq].length, ring.size, ring.algo, m, g, links))
+    return [[t + sum(per_ring[g] for g in mb.rings) for t, mb in zip(ts, rp.micro_batches)]
+            for ts, rp in zip(times, plan.ranks)]

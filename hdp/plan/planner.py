@@ -7,6 +7,7 @@ try other placements call the two steps themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from hdp.plan.balance import plan_balanced, plan_naive
@@ -17,6 +18,7 @@ from hdp.plan.draft import Draft
 from hdp.plan.estimate import time_bound
 from hdp.plan.sharding import Placement, PlanError, place
 from hdp.plan.strategies import Strategy, get_strategy
+from hdp.plan.topology import Topology, pick_members, ring_stretch
 from hdp.plan.types import Plan
 from hdp.plan.zigzag import ranks_needed
 
@@ -33,12 +35,16 @@ def check_lengths(lengths: Sequence[object]) -> list[int]:
 
 
 def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostModel,
-              strategy: str | Strategy = "hdp", *, max_len: int | None = None, seed: int = 0) -> Plan:
+              strategy: str | Strategy = "hdp", *, max_len: int | None = None, seed: int = 0,
+              topology: Topology | None = None) -> Plan:
     """Plan one global batch with a strategy of ``hdp.plan.strategies`` (a name or a ``Strategy``).
 
     ``max_len`` is the context length a static mesh is sized for (default: the batch's longest).
     With ``cost.pp > 1`` every HDP rank is a 1F1B pipeline of ``cost.pp`` stages and the scheduler
     balances pipelines. ``seed`` is recorded; planning is deterministic and breaks every tie by index.
+    ``topology`` (ranks per node, ring algorithm, links; ``hdp.plan.topology``) makes the scheduler
+    place rings by node and see their transfers, and records ``algo`` per ring and
+    ``gpus_per_node``; without it plans are as before (flat rings, no topology).
     """
     s = get_strategy(strategy)
     lengths = check_lengths(lengths)
@@ -51,7 +57,10 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
     placements = place_all(lengths, num_ranks, capacity, cost, s)
-    return plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed)
+    if topology is not None and s.layout == "fewest":
+        placements = node_aligned(placements, num_ranks, topology)
+    return plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
+                       topology=topology)
 
 
 def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, strategy: Strategy) -> list[Placement]:
@@ -66,6 +75,23 @@ def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel
     return placements
 
 
+def node_aligned(placements: list[Placement], num_ranks: int, topology: Topology) -> list[Placement]:
+    """With two-level rings, a ring wider than a node gets whole nodes: its size rounds up to a
+    multiple of the node (at most ranks_per_node - 1 more ranks, fewer tokens each). A ring of
+    prime or awkward size otherwise finds no m x g layout once ranks are fragmented, falls back to
+    a flat ring and exposes its transfers; the plan then no longer claims ``fewest_ranks``."""
+    if topology.ring_algo != "two-level" or topology.ranks_per_node < 2:
+        return placements
+    g = topology.ranks_per_node
+    out = []
+    for p in placements:
+        k = -(-p.ranks // g) * g
+        if p.ranks > g and k != p.ranks and k <= num_ranks:
+            p = dataclasses.replace(p, ranks=k)
+        out.append(p)
+    return out
+
+
 def _too_long(i: int, length: int, need: int, num_ranks: int, capacity: int, strategy: Strategy) -> None:
     hint = "" if strategy.offload or strategy.layout != "fewest" else ", or use a strategy that offloads"
     raise PlanError(f"sequence {i} has {length:,} tokens; at capacity {capacity:,} it needs {need:,} "
@@ -73,7 +99,8 @@ def _too_long(i: int, length: int, need: int, num_ranks: int, capacity: int, str
 
 
 def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int, cost: CostModel,
-                strategy: Strategy, max_len: int | None = None, seed: int = 0) -> Plan:
+                strategy: Strategy, max_len: int | None = None, seed: int = 0,
+                topology: Topology | None = None) -> Plan:
     """Lay placed sequences out on ranks with the strategy's scheduler and finish the plan.
 
     The plan says ``"fewest_ranks": true`` when every sequence is on its fewest ranks for its
@@ -87,8 +114,15 @@ def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int,
     elif strategy.layout == "pow2":
         plan_pow2(draft, cost)
     elif strategy.schedule:
+        pick = stretch = None
+        if topology is not None:
+            def pick(free: list[int], k: int) -> list[int]:
+                return pick_members(free, k, topology)
+
+            def stretch(seq: int, members: tuple[int, ...]) -> float:
+                return ring_stretch(cost, topology, lengths[seq], members)
         plan_balanced(draft, placements, weights_for(cost, strategy.balance_by), "pp" if pipelines else "dp",
-                      stages=cost.pp)
+                      stages=cost.pp, pick=pick, stretch=stretch)
     else:
         plan_naive(draft, placements)
     if strategy.offload:
@@ -96,4 +130,4 @@ def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int,
         extra["offload_ranks_saved"] = base - sum(p.ranks for n, p in zip(lengths, placements) if n > capacity)
     if strategy.layout == "fewest" and all(p.ranks == ranks_needed(n, p.token_limit) for n, p in zip(lengths, placements)):
         extra["fewest_ranks"] = True
-    return draft.finish(strategy.name, cost, stages=cost.pp if pipelines else 1, extra=extra)
+    return draft.finish(strategy.name, cost, stages=cost.pp if pipelines else 1, extra=extra, topology=topology)

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hdp.plan.sharding import PlanError
+
+if TYPE_CHECKING:
+    from hdp.plan.topology import Topology
 
 NVLINK_GBPS = 450.0
 INTER_GBPS = 50.0
@@ -77,6 +81,14 @@ class Cluster:
         if self.gpus_per_rank <= self.gpus_per_node and all(self.node(m) == first for m in members):
             return self.nvlink_gbps * 1e9, self.nvlink_latency_s
         return self.inter_gbps * 1e9, self.inter_latency_s
+
+    def topology(self, ring_algo: str = "flat", kv_heads: int = 8) -> "Topology":
+        """What the planner should know of this cluster: HDP ranks per node (at least 1: a rank
+        wider than a node has every ring hop between nodes), the ring algorithm, the links."""
+        from hdp.plan.topology import Topology
+
+        return Topology(max(1, self.gpus_per_node // self.gpus_per_rank), ring_algo, self.nvlink_gbps,
+                        self.inter_gbps, self.nvlink_latency_s, self.inter_latency_s, kv_heads)
 
     # -- collectives -----------------------------------------------------------------------------------
     def tp_all_reduce(self, num_bytes: float) -> float:

@@ -25,30 +25,42 @@ class Simulation:
     """Wall time of planning and simulating everything."""
     skipped: dict[str, PlanError] = field(default_factory=dict)
     """strategy -> why it cannot plan the batches on this cluster (it is left out of the table)."""
+    static_flat: dict[str, float] | None = None
+    """The static mesh with flat rings (the baseline of ``speedup_vs_flat_static``), when asked for."""
 
 
 def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capacity: int,
              strategies: Sequence[str | Strategy], max_len: int | None, seed: int = 0,
-             on_plan: Callable[[str, int], None] | None = None) -> Simulation:
+             on_plan: Callable[[str, int], None] | None = None, ring_algo: str | None = None,
+             flat_static: bool = False) -> Simulation:
     """Plan every batch with every strategy (``hdp.plan.strategies``) and time the plans.
 
     A strategy that cannot hold some batch on this cluster (a static mesh with no divisor large
-    enough, say) is skipped, with the planner's reason in ``skipped``; the others still run."""
+    enough, say) is skipped, with the planner's reason in ``skipped``; the others still run.
+
+    ``ring_algo`` (flat, two-level, bidirectional) plans every strategy, baselines included, node-aware
+    with that ring algorithm (``hdp.plan.topology``); None plans as before (flat rings, no
+    topology). ``flat_static`` also plans the static mesh with flat rings (``Simulation.static_flat``),
+    so every row gives its speedup over static with the same algorithm and over a flat-ring static."""
     if cost.tp != cluster.tp or cost.pp != cluster.pp:
         raise ValueError("the cost model and the cluster disagree on tp/pp")
     start = time.perf_counter()
     table: dict[str, dict[str, float]] = {}
     last: dict[str, StepResult] = {}
     skipped: dict[str, PlanError] = {}
-    for strategy in map(get_strategy, strategies):
-        name = strategy.name
+    topology = None if ring_algo is None else cluster.topology(ring_algo, max(1, cost.model.num_kv_heads // cost.tp))
+    runs = [(get_strategy(s), topology, get_strategy(s).name) for s in strategies]
+    if flat_static and ring_algo not in (None, "flat"):
+        runs.append((get_strategy("static"), cluster.topology("flat"), "static-flat"))
+    for strategy, topo, name in runs:
         results = []
         planning = 0.0
         rings = max_ring = 0
         try:
             for step, lengths in enumerate(batches):
                 t0 = time.perf_counter()
-                plan = make_plan(lengths, cluster.num_ranks, capacity, cost, strategy, max_len=max_len, seed=seed + step)
+                plan = make_plan(lengths, cluster.num_ranks, capacity, cost, strategy, max_len=max_len, seed=seed + step,
+                                 topology=topo)
                 planning += time.perf_counter() - t0
                 results.append(simulate_step(plan, cost, cluster))
                 rings += len(plan.rings)
@@ -61,5 +73,8 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
         table[name] = summarise(results, cluster.gpus, cost.device.peak_tflops, planning / len(batches),
                                 max_ring, rings // len(batches))
         last[name] = results[-1]
-    add_speedups(table)
-    return Simulation(table, last, time.perf_counter() - start, skipped)
+    skipped.pop("static-flat", None)  # static itself is skipped for the same reason
+    static_flat = table.pop("static-flat", None)
+    last.pop("static-flat", None)
+    add_speedups(table, static_flat)
+    return Simulation(table, last, time.perf_counter() - start, skipped, static_flat)

@@ -8,6 +8,8 @@
   2 * kv_dim * 2 bytes; backward: K/V plus dK/dV, twice that). Each of the k-1 transfer steps
   exposes max(0, transfer - block compute). Rings of one micro-batch with the same size share the
   steps (a static CP group runs one ring over its packed buffer: transfers and compute add up).
+  How a step's transfer is carried depends on the ring's ``algo`` and placement
+  (``hdp.plan.ringcomm``: flat, bidirectional, two-level; NVLink inside a node, NICs across).
 * Offloading: the micro-batch's ``offload_layers`` copy activations to the host during the
   forward and back during the backward on their own copy lane; only a copy longer than the compute
   it overlaps is exposed.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
 from hdp.plan.estimate import micro_batch_time, ring_key
+from hdp.plan.ringcomm import Links, exposed_ring
 from hdp.plan.sharding import num_offload_layers
 from hdp.plan.types import MicroBatch, Plan
 from hdp.sim.cluster import Cluster
@@ -34,6 +37,8 @@ class MicroBatchTime:
     tp_comm_s: float
     offload_s: float
     """Exposed offload copy time."""
+    ring_by: tuple[tuple[str, int, float], ...] = ()
+    """``ring_comm_s`` split by (ring algo, ring size)."""
 
     @property
     def comm_s(self) -> float:
@@ -51,7 +56,9 @@ class MicroBatchTimer:
     def __init__(self, plan: Plan, cost: CostModel, cluster: Cluster) -> None:
         self.plan, self.cost, self.cluster = plan, cost, cluster
         self._ring_cache: dict[tuple, MicroBatchTime] = {}
-        self._links = [cluster.ring_link(r.ranks) for r in plan.rings]
+        self._shapes = [_shape(cluster, r.ranks) for r in plan.rings]
+        self._link = Links(cluster.nvlink_gbps * 1e9, cluster.inter_gbps * 1e9, cluster.nvlink_latency_s,
+                           cluster.inter_latency_s)
         m = cost.model
         self._kv_bytes_per_token = 2 * m.kv_dim * BF16 / cost.tp
         self._act_bytes_per_token = m.hidden_size * BF16  # a TP all-reduce operand (full activation)
@@ -70,24 +77,21 @@ class MicroBatchTimer:
         cost, plan = self.cost, self.plan
         layers = cost.layers
         compute = micro_batch_time(plan, mb, cost)
-        # Rings grouped by size: (kv bytes per step, fwd attention per step, bwd per step, bw, lat).
-        groups: dict[int, list[float]] = {}
+        # Rings grouped by (size, algo, nodes, per node): kv bytes per step, fwd / bwd attention per step.
+        groups: dict[tuple[int, str, int, int], list[float]] = {}
         for g in mb.rings:
             ring = plan.rings[g]
             k, length = ring.size, plan.sequences[ring.seq].length
             attn = cost.attn_layer_time(length, doc_len=length / (2 * k)) / k  # this member, one layer
-            bw, lat = self._links[g]
-            acc = groups.setdefault(k, [0.0, 0.0, 0.0, float("inf"), 0.0])
+            acc = groups.setdefault((k, ring.algo, *self._shapes[g]), [0.0, 0.0, 0.0])
             acc[0] += length / k * self._kv_bytes_per_token
             acc[1] += ATTN_FWD_SHARE * attn / k
             acc[2] += (1 - ATTN_FWD_SHARE) * attn / k
-            acc[3] = min(acc[3], bw)
-            acc[4] = max(acc[4], lat)
-        ring_comm = 0.0
-        for k, (kv, fwd, bwd, bw, lat) in groups.items():
-            step_f = max(0.0, lat + kv / bw - fwd)
-            step_b = max(0.0, lat + 2 * kv / bw - bwd)
-            ring_comm += layers * (k - 1) * (step_f + step_b)
+        by: dict[tuple[str, int], float] = {}
+        for (k, algo, nodes, per_node), (kv, fwd, bwd) in groups.items():
+            t = layers * exposed_ring(algo, k, nodes, per_node, kv, fwd, bwd, self._link)
+            by[(algo, k)] = by.get((algo, k), 0.0) + t
+        ring_comm = sum(by.values())
         tp_comm = layers * 4 * self.cluster.tp_all_reduce(mb.num_tokens * self._act_bytes_per_token)
         offload = 0.0
         # Plans written before offload_layers existed carry only the ratio.
@@ -98,4 +102,16 @@ class MicroBatchTimer:
             fwd_compute = self._fwd_share * compute
             offload = max(0.0, act / (dev.d2h_gbps * 1e9) - fwd_compute)
             offload += max(0.0, act / (dev.h2d_gbps * 1e9) - (compute - fwd_compute))
-        return MicroBatchTime(compute, ring_comm, tp_comm, offload)
+        return MicroBatchTime(compute, ring_comm, tp_comm, offload, tuple((a, k, t) for (a, k), t in sorted(by.items())))
+
+
+def _shape(cluster: Cluster, members: tuple[int, ...]) -> tuple[int, int]:
+    """(nodes a ring spans, members per node when equal on every node else 0)."""
+    counts: dict[int, int] = {}
+    for r in members:
+        n = cluster.node(r)
+        counts[n] = counts.get(n, 0) + 1
+    if cluster.gpus_per_rank > cluster.gpus_per_node:  # a rank spans nodes: every hop is inter-node
+        return len(members), 1
+    values = set(counts.values())
+    return len(counts), values.pop() if len(values) == 1 else 0

@@ -22,6 +22,15 @@ def summarise(results: list[StepResult], gpus: int, peak_tflops: float, planning
     flops = sum(r.model_flops for r in results) / n
     tflops = flops / (step * gpus) / 1e12
     bound = sum(r.lower_bound_s for r in results) / n
+    by_algo: dict[str, float] = {}
+    by_size: dict[str, float] = {}
+    for r in results:
+        for ts in r.times:
+            for t in ts:
+                for algo, k, s in t.ring_by:
+                    by_algo[algo] = by_algo.get(algo, 0.0) + s
+                    by_size[str(k)] = by_size.get(str(k), 0.0) + s
+    per_rank = n * max(len(results[0].ranks), 1)  # mean per rank per step
     return {
         "step_time_s": step,
         "tokens_per_s": sum(r.tokens for r in results) / n / step,
@@ -40,26 +49,40 @@ def summarise(results: list[StepResult], gpus: int, peak_tflops: float, planning
         "planning_time_s": planning_time_s,
         "max_ring": max_ring,
         "rings": num_rings,
+        "exposed_comm_s": {a: s / per_rank for a, s in sorted(by_algo.items())},
+        "exposed_comm_s_by_ring_size": {k: s / per_rank for k, s in sorted(by_size.items(), key=lambda x: int(x[0]))},
     }
 
 
-def add_speedups(table: dict[str, dict[str, float]]) -> None:
-    """Speedup over the static baseline; None when static is not in the table."""
+def add_speedups(table: dict[str, dict[str, float]], static_flat: dict[str, float] | None = None) -> None:
+    """Speedup over the static baseline (same ring algorithm); None when static is not in the table.
+    With ``static_flat`` (static with flat rings), also ``speedup_vs_flat_static``."""
     base = table.get("static", {}).get("step_time_s")
+    flat = static_flat["step_time_s"] if static_flat else None
     for row in table.values():
         row["speedup_vs_static"] = base / row["step_time_s"] if base else None  # type: ignore[assignment]
+        if flat:
+            row["speedup_vs_flat_static"] = flat / row["step_time_s"]
 
 
 def format_table(table: dict[str, dict[str, float]], title: str) -> str:
     """Plain-text table (stable for tests and logs)."""
     head = (f"{'strategy':<12} {'step s':>9} {'speedup':>8} {'TFLOP/s':>8} {'MFU':>6} {'compute':>8} "
             f"{'comm':>6} {'idle':>6} {'LB s':>9} {'gap':>6} {'max ring':>8}")
+    flat = any("speedup_vs_flat_static" in r for r in table.values())
+    if flat:
+        head += f" {'vs flat':>8}"
     lines = [title, head, "-" * len(head)]
     for name, r in table.items():
         sp = r["speedup_vs_static"]
         speedup = f"{sp:>7.2f}x" if sp is not None else f"{'n/a':>8}"
+        vs_flat = f" {r['speedup_vs_flat_static']:>7.2f}x" if flat else ""
         lines.append(
             f"{name:<12} {r['step_time_s']:>9.3f} {speedup} {r['model_tflops_per_gpu']:>8.3g} "
             f"{r['mfu']:>6.1%} {r['compute_frac']:>8.1%} {r['exposed_comm_frac']:>6.1%} {r['idle_frac']:>6.1%} "
-            f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}")
+            f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}{vs_flat}")
+    exposed = {n: r["exposed_comm_s"] for n, r in table.items() if r.get("exposed_comm_s")}
+    if exposed:
+        lines.append("exposed ring comm per rank (s), by ring algorithm: " + "; ".join(
+            f"{n} " + ", ".join(f"{a} {s:.3f}" for a, s in e.items()) for n, e in exposed.items()))
     return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Issue 12's targets, side by side in one run: LLaMA-7B, 2M context, byted and github batches,
+every strategy planned and simulated with each ring algorithm (flat, two-level, bidirectional).
+
+* 1,024 GPUs (32M tokens): static, pow2 and hdp with every ring algorithm; hdp's gap to the lower
+  bound, its speedup over static with the same algorithm and over a flat-ring static, and over
+  pow2 with the same algorithm.
+* 4,096 and 16,384 GPUs (tokens scaled with the GPUs): pow2 and hdp with the two-level ring (static
+  too with --static-at-scale; its planner is slow there), and the wall time of planning +
+  simulating hdp (target < 60 s).
+
+    PYTHONPATH=. python benchmarks/ring_targets.py [--scale 4096,16384] [--out benchmarks/results/ring_targets.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from hdp.data.synthetic import sample_lengths
+from hdp.plan import build_cost_model
+from hdp.sim.cluster import Cluster
+from hdp.sim.compare import simulate
+
+ALGOS = ["flat", "two-level", "bidirectional"]
+KEYS = ("step_time_s", "lower_bound_s", "gap_to_lower_bound", "exposed_comm_s", "max_ring", "rings")
+
+
+def row(table: dict, name: str) -> dict:
+    return {k: table[name][k] for k in KEYS} if name in table else {}
+
+
+def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], tokens_per_1024: int) -> dict:
+    cost = build_cost_model("llama-7b")
+    cluster = Cluster(gpus)
+    capacity = cost.derived_capacity(cluster.num_ranks)
+    lengths = sample_lengths(dist, tokens_per_1024 * gpus // 1024, 2**21, 0)
+    out: dict = {"gpus": gpus, "dist": dist, "capacity": capacity, "tokens": sum(lengths), "by_algo": {}}
+    for algo in algos:
+        cell = {}
+        for s in strategies:
+            t0 = time.perf_counter()
+            sim = simulate([lengths], cluster, cost, capacity, [s], 2**21, 0, ring_algo=algo)
+            cell[s] = row(sim.table, s) | {"wall_s": time.perf_counter() - t0}
+        out["by_algo"][algo] = cell
+    return out
+
+
+def report(cell: dict) -> list[str]:
+    lines = []
+    flat_static = cell["by_algo"].get("flat", {}).get("static", {}).get("step_time_s")
+    for algo, c in cell["by_algo"].items():
+        h = c["hdp"]
+        parts = [f"{cell['gpus']:>6} {cell['dist']:<6} {algo:<13} hdp {h['step_time_s']:8.2f} s "
+                 f"gap {h['gap_to_lower_bound']:.3f}x (wall {h['wall_s']:.1f} s)"]
+        if c.get("static", {}).get("step_time_s"):
+            parts.append(f"vs static same algo {c['static']['step_time_s'] / h['step_time_s']:.2f}x")
+        if flat_static:
+            parts.append(f"vs flat static {flat_static / h['step_time_s']:.2f}x")
+        if c.get("pow2", {}).get("step_time_s"):
+            parts.append(f"vs pow2 same algo {c['pow2']['step_time_s'] / h['step_time_s']:.2f}x")
+        lines.append(" · ".join(parts))
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=32 * 2**20, help="tokens per 1,024 GPUs (default 32M)")
+    ap.add_argument("--dists", default="byted,github")
+    ap.add_argument("--scale", default="4096,16384", help="larger GPU counts ('' for none)")
+    ap.add_argument("--static-at-scale", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/ring_targets.json")
+    args = ap.parse_args()
+    cells = []
+    for dist in args.dists.split(","):
+        cells.append(run_cell(1024, dist, ["static", "pow2", "hdp"], ALGOS, args.tokens))
+        print("\n".join(report(cells[-1])), flush=True)
+    for gpus in [int(g) for g in args.scale.split(",") if g]:
+        for dist in args.dists.split(","):
+            strategies = (["static"] if args.static_at_scale else []) + ["pow2", "hdp"]
+            cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens))
+            print("\n".join(report(cells[-1])), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"model": "llama-7b", "max_len": 2**21, "cells": cells}, f, indent=1)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

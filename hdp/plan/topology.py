@@ -1,0 +1,144 @@
+"""Where ranks sit (nodes) and which ring algorithm a ring gets: node-aware member choice.
+
+HDP rank ``r`` is on node ``r // ranks_per_node`` (``Plan.gpus_per_node``). A ring step that
+crosses nodes goes over a NIC (~9x slower than NVLink), so the planner places rings by node:
+
+* a ring of k <= ranks_per_node goes inside one node when one has k free ranks (best fit: the
+  node with the fewest free ranks that still holds it);
+* ``two-level`` rings want m nodes x g members, the same g on every node: the largest divisor g of
+  k (2 <= g <= ranks_per_node) for which m = k / g nodes have g free ranks (best fit again);
+* otherwise whole free nodes first, then the remainder on the nodes with the most free ranks,
+  never leaving a node with a single member (a single member makes that node's NIC carry the
+  hop alone and gives two-level nothing to do inside the node).
+
+Members are always listed in increasing rank order, i.e. node by node and, inside a node, by local
+index (rank % ranks_per_node): the zig-zag position of a member is its index in that list, which
+is what the runtime's two-level ring assumes (docs/plan-format.md, fields hdp adds).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from hdp.plan.types import RING_ALGOS
+
+NVLINK_GBPS = 450.0
+INTER_GBPS = 50.0
+NVLINK_LATENCY_S = 2e-6
+INTER_LATENCY_S = 5e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """What the planner knows of the cluster: ranks per node, the ring algorithm, link speeds."""
+
+    ranks_per_node: int = 8
+    ring_algo: str = "flat"
+    nvlink_gbps: float = NVLINK_GBPS
+    inter_gbps: float = INTER_GBPS
+    nvlink_latency_s: float = NVLINK_LATENCY_S
+    inter_latency_s: float = INTER_LATENCY_S
+    kv_heads: int = 8
+    """KV heads one rank holds (bidirectional splits them in two halves; one head: flat)."""
+
+    def __post_init__(self) -> None:
+        if self.ranks_per_node < 1:
+            raise ValueError(f"gpus_per_node must be >= 1, got {self.ranks_per_node}")
+        if self.ring_algo not in RING_ALGOS:
+            raise ValueError(f"ring algo {self.ring_algo!r} is not one of {', '.join(RING_ALGOS)}")
+
+    def node(self, rank: int) -> int:
+        return rank // self.ranks_per_node
+
+
+def node_counts(members: tuple[int, ...] | list[int], ranks_per_node: int) -> list[int]:
+    """Members per node, node by node in rank order."""
+    counts: dict[int, int] = {}
+    for r in sorted(members):
+        counts[r // ranks_per_node] = counts.get(r // ranks_per_node, 0) + 1
+    return list(counts.values())
+
+
+def ring_shape(members: tuple[int, ...] | list[int], ranks_per_node: int) -> tuple[int, int]:
+    """(nodes m, members per node g) when every node holds the same g members; g = 0 otherwise."""
+    counts = node_counts(members, ranks_per_node)
+    return len(counts), counts[0] if len(set(counts)) == 1 else 0
+
+
+def ring_algo_for(members: tuple[int, ...] | list[int], topo: Topology) -> str:
+    """The requested algorithm where it applies to this ring, else ``flat``.
+
+    two-level needs m >= 2 nodes of the same g >= 2 members (g = 1 or m = 1 is a flat ring);
+    bidirectional needs at least two KV heads to split."""
+    if topo.ring_algo == "two-level":
+        if list(members) != sorted(members):
+            return "flat"  # the runtime reads members node by node
+        m, g = ring_shape(members, topo.ranks_per_node)
+        return "two-level" if m >= 2 and g >= 2 else "flat"
+    if topo.ring_algo == "bidirectional":
+        return "bidirectional" if topo.kv_heads >= 2 else "flat"
+    return "flat"
+
+
+def pick_members(free: list[int], k: int, topo: Topology) -> list[int]:
+    """k of the ``free`` ranks for a ring, node-aware (module docstring); sorted."""
+    rpn = topo.ranks_per_node
+    if rpn <= 1 or k >= len(free):
+        return sorted(free)[:k]
+    by_node: dict[int, list[int]] = defaultdict(list)
+    for r in sorted(free):
+        by_node[r // rpn].append(r)
+    if k <= rpn:
+        fits = [n for n, rs in by_node.items() if len(rs) >= k]
+        if fits:
+            best = min(fits, key=lambda n: (len(by_node[n]), n))
+            return by_node[best][:k]
+    if topo.ring_algo == "two-level":
+        for g in range(min(rpn, k // 2), 1, -1):
+            if k % g:
+                continue
+            fits = sorted((n for n, rs in by_node.items() if len(rs) >= g), key=lambda n: (len(by_node[n]), n))
+            if len(fits) >= k // g:
+                return sorted(r for n in fits[:k // g] for r in by_node[n][:g])
+    return sorted(_greedy(by_node, k))
+
+
+def _greedy(by_node: dict[int, list[int]], k: int) -> list[int]:
+    """Whole free nodes first, then the remainder on the best-fitting node (else the fullest ones);
+    a node gets a lone member only when every node left has a single free rank."""
+    rpn_free = max(len(rs) for rs in by_node.values())
+    left_nodes = dict(by_node)
+    out: list[int] = []
+    left = k
+    while left > 0 and left_nodes:
+        full = [n for n, rs in left_nodes.items() if len(rs) == rpn_free]
+        if left >= rpn_free and full:
+            n = min(full)
+            take = rpn_free
+        else:
+            fits = [n for n, rs in left_nodes.items() if len(rs) >= left]
+            if fits:
+                n = min(fits, key=lambda n: (len(left_nodes[n]), n))
+            else:
+                n = min(left_nodes, key=lambda n: (-len(left_nodes[n]), n))
+            take = min(len(left_nodes[n]), left)
+        if left - take == 1 and take >= 3:
+            take -= 1  # leave two for the next node rather than one
+        out.extend(left_nodes.pop(n)[:take])
+        left -= take
+    return out
+
+
+def ring_stretch(cost, topo: Topology, length: int, members) -> float:
+    """(compute + exposed transfer) / compute of a ring member on these members: what the scheduler
+    multiplies a ring's weight by, so that it sees ring communication (work or time measure alike)."""
+    from hdp.plan.ringcomm import links_of, member_exposure_s
+
+    k = len(members)
+    compute = cost.seq_time(length, k)
+    if compute <= 0 or k <= 1:
+        return 1.0
+    algo = ring_algo_for(members, topo)
+    m, g = ring_shape(members, topo.ranks_per_node)
+    return (compute + member_exposure_s(cost, length, k, algo, m, g, links_of(topo))) / compute

@@ -1,0 +1,104 @@
+"""Node-aware ring placement (hdp.plan.topology) and plans made with a topology: rings inside a
+node when one has room, no lone member of a multi-node ring, the algorithm recorded, plans valid."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from hdp.plan import Plan, make_plan
+from hdp.plan.topology import Topology, pick_members, ring_algo_for
+from hdp.plan.validate import violations
+
+from .conftest import COST, COST_7B, batches
+from .test_rules import fits
+
+
+def per_node(members, rpn):
+    return Counter(r // rpn for r in members)
+
+
+def test_small_ring_goes_inside_the_best_fitting_node():
+    topo = Topology(8)
+    free = list(range(8)) + [13, 14, 15] + [20, 21, 22, 23, 24]  # node 0 whole, node 1: 3 free, node 2: 5
+    assert pick_members(free, 3, topo) == [13, 14, 15]
+    assert pick_members(free, 4, topo) == [20, 21, 22, 23]
+    assert pick_members(free, 6, topo) == list(range(6))
+
+
+def test_large_ring_takes_whole_nodes_first_then_its_remainder_on_one_node():
+    topo = Topology(8)
+    free = list(range(24)) + [26, 27, 28, 29]  # 3 whole nodes, node 3 has 4 free
+    got = pick_members(free, 20, topo)
+    assert per_node(got, 8) == {0: 8, 1: 8, 3: 4}
+
+
+@settings(max_examples=200, deadline=None)
+@given(nodes=st.integers(1, 6), rpn=st.integers(2, 8), data=st.data())
+def test_on_free_nodes_no_node_holds_a_single_member(nodes, rpn, data):
+    k = data.draw(st.integers(2, nodes * rpn))
+    assume(rpn > 2 or k % 2 == 0)  # nodes of 2 cannot hold an odd ring without a lone member
+    algo = data.draw(st.sampled_from(["flat", "two-level", "bidirectional"]))
+    got = pick_members(list(range(nodes * rpn)), k, Topology(rpn, algo))
+    assert len(got) == k and got == sorted(set(got))
+    counts = per_node(got, rpn)
+    if k <= rpn:
+        assert len(counts) == 1
+    assert min(counts.values()) >= 2
+
+
+def test_two_level_gets_equal_members_per_node_when_a_divisor_fits():
+    topo = Topology(8, "two-level")
+    got = pick_members(list(range(32)), 12, topo)
+    assert set(per_node(got, 8).values()) == {6}
+    assert ring_algo_for(got, topo) == "two-level"
+    assert ring_algo_for(list(range(8)), topo) == "flat"  # one node: the inner ring is the ring
+    assert ring_algo_for([0, 8], topo) == "flat"  # one member per node: a flat ring over nodes
+    assert ring_algo_for([0, 1], Topology(8, "bidirectional", kv_heads=1)) == "flat"
+
+
+@pytest.mark.parametrize("strategy", ["hdp", "hdp-naive", "static", "pow2"])
+@pytest.mark.parametrize("algo", ["flat", "two-level", "bidirectional"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches(), rpn=st.sampled_from([2, 3, 4, 8]), big=st.booleans())
+def test_plans_with_a_topology_obey_the_rules(strategy, algo, batch, rpn, big):
+    lengths, ranks, capacity = batch
+    assume(fits(strategy, lengths, ranks, capacity))
+    cost = COST_7B if big else COST
+    topo = Topology(rpn, algo, kv_heads=cost.model.num_kv_heads)
+    plan = make_plan(lengths, ranks, capacity, cost, strategy, topology=topo)
+    assert violations(plan) == []
+    assert plan.gpus_per_node == rpn
+    for ring in plan.rings:
+        assert list(ring.ranks) == sorted(ring.ranks)  # node by node, local index within a node
+        assert ring.algo == ring_algo_for(ring.ranks, topo)
+        assert ring.algo in ("flat", algo)
+    assert Plan.from_json(plan.to_json()) == plan
+    assert make_plan(lengths, ranks, capacity, cost, strategy, topology=topo).to_json() == plan.to_json()
+
+
+def test_without_a_topology_plans_are_unchanged_and_the_scheduler_places_rings_by_node():
+    lengths = [40_000, 30_000] + [3_000] * 40
+    plain = make_plan(lengths, 16, 10_000, COST_7B, "hdp")
+    assert plain.gpus_per_node == 0 and all(r.algo == "flat" for r in plain.rings)
+    assert "gpus_per_node" not in plain.to_json()
+    topo = make_plan(lengths, 16, 10_000, COST_7B, "hdp", topology=Topology(4, "two-level"))
+    for ring in topo.rings:
+        counts = per_node(ring.ranks, 4)
+        assert ring.size > 4 or len(counts) == 1
+        assert min(counts.values()) >= 2
+    assert topo.predicted_step_time_s >= plain.predicted_step_time_s * 0.5
+
+
+def test_two_level_rings_wider_than_a_node_take_whole_nodes():
+    lengths = [90_000, 45_000] + [3_000] * 40  # fewest ranks: 9 and 5 at C = 10,000
+    plan = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "two-level"))
+    sizes = {r.seq: r.size for r in plan.rings}
+    assert sizes[0] == 12 and sizes[1] == 8  # rounded up to whole nodes of 4
+    assert all(r.algo == "two-level" for r in plan.rings if r.size > 4)
+    assert "fewest_ranks" not in plan.extra and violations(plan) == []
+    flat = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "flat"))
+    assert {r.seq: r.size for r in flat.rings}[0] == 9 and flat.extra.get("fewest_ranks")
