@@ -3,7 +3,8 @@
 Six ranks declared as three nodes of two (``gpus_per_node=2``: nodes {0,1}, {2,3}, {4,5}). One
 process group runs every case: two-level rings of 2 nodes x 2 and 3 nodes x 2 (one in a scrambled
 rank order), rings that cannot run two-level (inside one node; not node-aligned) falling back to
-flat, two rings in one micro-batch, a ring whose pieces are partly empty (length 9 < 2k = 12), whole
+flat, two rings in one micro-batch, rings whose pieces are partly empty (length 9 < 2k = 12) and with
+members holding no token at all (length 2 on 4 and on 6 members), whole
 documents beside ring pieces, no length divisible by 2k; bidirectional rings of 2, 3, 4 and 6 with
 even (2) and uneven (3: halves of 1 and 2) KV-head halves, and one KV head (falls back to flat).
 Each case checks which algorithm actually ran, and two "layers" on one micro-batch's metadata
@@ -25,15 +26,15 @@ from tests.conftest import build_plan, dense_reference, free_port, token_index
 from tests.runtime.test_attention_ring import _init, _start
 
 WORLD, GPN = 6, 2
-LENGTHS = [37, 19, 5, 53, 9, 23, 30, 6]
+LENGTHS = [37, 19, 5, 53, 9, 23, 30, 6, 2]
 ROUNDS = [
     [("doc", 2, 4), ("ring", 0, (0, 1, 2, 3)), ("ring", 1, (4, 5))],
     [("ring", 3, (4, 1, 0, 3, 5, 2))],
-    [("ring", 4, (2, 3, 0, 1, 4, 5))],
+    [("ring", 4, (2, 3, 0, 1, 4, 5)), ("ring", 8, (3, 2, 1, 0))],
     [("doc", 7, 1), ("ring", 5, (0, 2, 3)), ("ring", 6, (1, 4, 5, 0))],
 ]
 # What each ring runs when the plan asks two-level: (4, 5) is one node, (0, 2, 3) is uneven.
-TWO_LEVEL_RAN = ["two-level", "flat", "two-level", "two-level", "flat", "two-level"]
+TWO_LEVEL_RAN = ["two-level", "flat", "two-level", "two-level", "two-level", "flat", "two-level"]
 
 
 def _references(lengths: list[int], hq: int, hkv: int) -> dict[int, tuple[torch.Tensor, ...]]:
@@ -71,7 +72,7 @@ def _check(plan, rank: int, refs, label: str, ran: list[str]) -> None:
 def _bidirectional_plan():
     return build_plan(WORLD, LENGTHS, [
         [("doc", 2, 0), ("ring", 0, (3, 1)), ("ring", 1, (4, 0, 2)), ("ring", 7, (5, 0))],
-        [("ring", 3, (5, 4, 3, 2, 1, 0))],
+        [("ring", 3, (5, 4, 3, 2, 1, 0)), ("ring", 8, (2, 0, 1, 4, 3, 5))],
         [("ring", 4, (0, 1, 2, 3, 4, 5)), ("ring", 5, (2, 4, 1, 5))],
     ])
 
@@ -82,10 +83,10 @@ def _rank(rank: int, world: int, port: int) -> None:
     _check(plan, rank, _references(LENGTHS, 4, 2), "two-level, GQA 4/2", TWO_LEVEL_RAN)
     bi = with_ring_algo(_bidirectional_plan(), "bidirectional", GPN)
     for hq, hkv in ((4, 2), (6, 3)):
-        _check(bi, rank, _references(LENGTHS, hq, hkv), f"bidirectional, heads {hq}/{hkv}", ["bidirectional"] * 6)
-    _check(bi, rank, _references(LENGTHS, 4, 1), "bidirectional, one KV head", ["flat"] * 6)
+        _check(bi, rank, _references(LENGTHS, hq, hkv), f"bidirectional, heads {hq}/{hkv}", ["bidirectional"] * 7)
+    _check(bi, rank, _references(LENGTHS, 4, 1), "bidirectional, one KV head", ["flat"] * 7)
     # One plan mixing all three in one micro-batch (round 3: rank 0 holds a flat and a two-level ring).
-    algos = ["bidirectional", "flat", "two-level", "bidirectional", "bidirectional", "two-level"]
+    algos = ["bidirectional", "flat", "two-level", "bidirectional", "two-level", "bidirectional", "two-level"]
     plan = build_plan(WORLD, LENGTHS, ROUNDS)
     mixed = replace(plan, gpus_per_node=GPN, rings=tuple(replace(r, algo=a) for r, a in zip(plan.rings, algos)))
     _check(mixed, rank, _references(LENGTHS, 4, 2), "mixed", algos)
@@ -114,9 +115,25 @@ def test_effective_algo_and_rings_by_algo():
     assert effective_algo("bidirectional", (0, 5), 2, 2) == "bidirectional"
     plan = with_ring_algo(build_plan(WORLD, LENGTHS, ROUNDS), "two-level", GPN)
     assert [r.algo for r in plan.rings] == TWO_LEVEL_RAN and plan.gpus_per_node == GPN
-    assert rings_by_algo(plan, 2) == {"flat": 2, "two-level": 4}
+    assert rings_by_algo(plan, 2) == {"flat": 2, "two-level": 5}
     bi = with_ring_algo(plan, "bidirectional", None, num_kv_heads=1)
-    assert rings_by_algo(bi, 1) == {"flat": 6}
+    assert rings_by_algo(bi, 1) == {"flat": 7}
     assert with_ring_algo(plan, None, None) is plan  # a planner's choices run as given
     with pytest.raises(ValueError, match="--ring-algo"):
         with_ring_algo(plan, "spiral", 2)
+
+
+def test_variants_send_where_they_say():
+    """Who each member sends to (the exactness test cannot see direction: a lane going the wrong way is
+    still exact, just not bidirectional)."""
+    from hdp.runtime.ring import RingContext
+    from hdp.runtime.ring_bidirectional import _peers
+    from hdp.runtime.ring_two_level import _Grid
+
+    plan = with_ring_algo(build_plan(WORLD, LENGTHS, ROUNDS), "two-level", GPN)
+    ring = RingContext(build_layout(plan, 1, 1).rings[0], 1)  # ring (4, 1, 0, 3, 5, 2): rank 1 is cell (1, 0)
+    grid = _Grid(ring)
+    assert (grid.a, grid.b) == (1, 0) and grid.inner_peers() == (0, 0) and grid.outer_peers() == (3, 4)
+    bi = with_ring_algo(_bidirectional_plan(), "bidirectional", GPN)
+    ring = RingContext(build_layout(bi, 4, 1).rings[0], 1)  # ring (5, 4, 3, 2, 1, 0): rank 4 at position 1
+    assert _peers(ring, 0) == (3, 5) and _peers(ring, 1) == (5, 3)
