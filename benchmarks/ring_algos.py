@@ -25,7 +25,6 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 
 import torch
 import torch.distributed as dist

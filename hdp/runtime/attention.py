@@ -1,7 +1,7 @@
 """``hdp_attention``: the one attention call the model makes per layer, for one micro-batch's packed buffer.
 
 Whole sequences run document-masked causal attention locally; each ring's pieces run ring attention
-with the ring's members, rings in ring-id order (the same order on every member: no deadlock
+with the ring's members (by the ring's algorithm: flat, two-level or bidirectional), rings in ring-id order (the same order on every member: no deadlock
 without barriers). Outputs are reassembled in buffer order, so the caller sees one [T, Hq, D] tensor.
 
 What only depends on the micro-batch (the row order, cu_seqlens on the device, block masks, ring

@@ -19,6 +19,10 @@ What does not change between layers lives in a ``RingContext``, built once per m
 shared by every layer's forward and backward: the members' piece rows, the peers, the timeout, and
 the transfer buffers (double-buffered receive blocks, the travelling dK/dV buffers), which are
 allocated on first use and reused by every later layer instead of allocated per call.
+
+This is the ``flat`` ring. The node-aware ``two-level`` ring (ring_two_level.py) and the head-split
+``bidirectional`` ring (ring_bidirectional.py) share its context and its per-block compute
+(ring_blocks.py); ring_select.py says which one a ring runs.
 """
 
 from __future__ import annotations

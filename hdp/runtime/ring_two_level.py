@@ -127,6 +127,7 @@ class TwoLevelRingAttention(torch.autograd.Function):
         dq = torch.zeros(q.shape, dtype=dt, device=q.device)
         kv_o = _local_kv(ring, k, v)
         recv_go: torch.Tensor | None = None  # outer dK/dV arriving for the next round's outer block
+        recv_gi = dq  # inner dK/dV arriving (set at every inner step before it is read at the next)
         for t in range(grid.m):
             recv_o = _post_outer(ring, grid, t, kv_o)
             cur = kv_o
