@@ -8,6 +8,7 @@ from hdp.commands.flags import TRAIN_FLAGS, add_max_len, user_error, with_strate
 from hdp.plan.model_config import PRESETS
 from hdp.plan.sharding import PlanError
 from hdp.plan.strategies import STRATEGIES
+from hdp.plan.types import RING_ALGOS
 from hdp.runtime.config import DTYPES, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -65,6 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="full: recompute every layer's activations in backward (default none)")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write every metric as TensorBoard scalars here (rank 0; needs the tensorboard package)")
+    p.add_argument("--gpus-per-node", type=int, default=None, metavar="N",
+                   help="ranks per node (rank r on node r // N), for --ring-algo two-level (default: the plan's, "
+                        "else LOCAL_WORLD_SIZE under torchrun, else all local processes on one node)")
+    p.add_argument("--ring-algo", choices=RING_ALGOS, default=None,
+                   help="ring attention for every ring that can run it, the others run flat: flat (one ring), "
+                        "two-level (inner ring per node, parallel outer rings across nodes; needs node-aligned rings), "
+                        "bidirectional (half the KV heads each way; needs 2+ KV heads) (default: as the plan says)")
     with_strategy_table(p)
 
 
@@ -77,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, recompute=args.recompute,
         export_hf=args.export_hf, hf_model=args.hf_model,
         tokenizer=args.tokenizer, text_field=args.text_field, dump_batches=args.dump_batches,
+        gpus_per_node=args.gpus_per_node, ring_algo=args.ring_algo,
     )
 
 

@@ -1,7 +1,7 @@
 """``hdp_attention``: the one attention call the model makes per layer, for one micro-batch's packed buffer.
 
 Whole sequences run document-masked causal attention locally; each ring's pieces run ring attention
-with the ring's members, rings in ring-id order (the same order on every member: no deadlock
+with the ring's members (by the ring's algorithm: flat, two-level or bidirectional), rings in ring-id order (the same order on every member: no deadlock
 without barriers). Outputs are reassembled in buffer order, so the caller sees one [T, Hq, D] tensor.
 
 What only depends on the micro-batch (the row order, cu_seqlens on the device, block masks, ring
@@ -16,6 +16,12 @@ import torch
 from hdp.runtime.doc_attention import PackedDocs, doc_attention
 from hdp.runtime.layout import AttentionLayout
 from hdp.runtime.ring import RingContext, ring_attention
+from hdp.runtime.ring_bidirectional import bidirectional_ring_attention
+from hdp.runtime.ring_two_level import two_level_ring_attention
+
+RING_ATTENTION = {"flat": ring_attention, "two-level": two_level_ring_attention,
+                  "bidirectional": bidirectional_ring_attention}
+"""Ring attention by algorithm (``RingContext.algo`` picks: the plan's, where the ring can run it)."""
 
 
 class MicroBatchAttention:
@@ -80,7 +86,8 @@ def hdp_attention(
         m = ring.slot.num_tokens
         # A member with no tokens still runs (zero rows): the ring's output must stay in the
         # autograd graph, or its backward would never run and its peers would wait.
-        outs.append(ring_attention(q[n:n + m], k[n:n + m], v[n:n + m], ring, scale))
+        ring.ran = ring.algo(k.shape[1])
+        outs.append(RING_ATTENTION[ring.ran](q[n:n + m], k[n:n + m], v[n:n + m], ring, scale))
         n += m
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     return batch.scatter(out) if batch.reorder else out

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from hdp.plan.strategies import STRATEGIES
+from hdp.plan.types import RING_ALGOS
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 TRAIN_STRATEGIES = tuple(STRATEGIES)  # the planner's table (hdp.plan.strategies)
@@ -70,6 +71,11 @@ class TrainConfig:
     """The field holding the text in JSONL, Parquet and datasets inputs."""
     dump_batches: str | None = None
     """JSONL file, one line per step with the token ids of every sequence of the batch (rank 0)."""
+    gpus_per_node: int | None = None
+    """Ranks per node (rank r is on node r // gpus_per_node), for node-aware rings. None: the plan's if it
+    has one, else LOCAL_WORLD_SIZE under torchrun, else every local process on one node."""
+    ring_algo: Literal["flat", "two-level", "bidirectional"] | None = None
+    """Ring attention algorithm for every ring that can run it (others run flat); None: as the plan says."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -98,6 +104,10 @@ class TrainConfig:
         if self.recompute == "full" and (self.offload or self.offload_ratio is not None):
             raise ValueError("--recompute full keeps only each layer's input, so offloading has nothing to move: "
                              "drop --offload/--offload-ratio or use --recompute none")
+        if self.gpus_per_node is not None and self.gpus_per_node < 1:
+            raise ValueError(f"--gpus-per-node must be >= 1, got {self.gpus_per_node}")
+        if self.ring_algo is not None and self.ring_algo not in RING_ALGOS:
+            raise ValueError(f"--ring-algo must be one of {', '.join(RING_ALGOS)}, got {self.ring_algo!r}")
         if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:  # also refuses nan
             raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
 

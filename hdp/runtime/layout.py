@@ -55,6 +55,10 @@ class RingSlot:
     ranks: tuple[int, ...]
     position: int
     pieces: tuple[Span, Span]
+    algo: str = "flat"
+    """The plan's ring algorithm (``Ring.algo``); ring_select.py says which one actually runs."""
+    gpus_per_node: int = 0
+    """The plan's ranks per node (0: unknown), for the two-level ring's node grid."""
 
     def __post_init__(self) -> None:
         if len(self.ranks) < 2 or not 0 <= self.position < len(self.ranks):
@@ -179,4 +183,5 @@ def _ring_slot(plan: Plan, ring, rank: int, mb_index: int, held: list[tuple[Segm
     # empty), so code that slices by span rows never needs a special case.
     anchor = held[0][1].start if held else end_row
     pieces = tuple(spans.get(w, Span(ring.seq, anchor, anchor, w[0])) for w in want)
-    return RingSlot(ring.id, ring.seq, length, tuple(ring.ranks), pos, pieces)  # type: ignore[arg-type]
+    return RingSlot(ring.id, ring.seq, length, tuple(ring.ranks), pos, pieces,  # type: ignore[arg-type]
+                    ring.algo, plan.gpus_per_node)

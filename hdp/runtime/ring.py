@@ -19,6 +19,10 @@ What does not change between layers lives in a ``RingContext``, built once per m
 shared by every layer's forward and backward: the members' piece rows, the peers, the timeout, and
 the transfer buffers (double-buffered receive blocks, the travelling dK/dV buffers), which are
 allocated on first use and reused by every later layer instead of allocated per call.
+
+This is the ``flat`` ring. The node-aware ``two-level`` ring (ring_two_level.py) and the head-split
+``bidirectional`` ring (ring_bidirectional.py) share its context and its per-block compute
+(ring_blocks.py); ring_select.py says which one a ring runs.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import math
 import torch
 
 from hdp.runtime.layout import RingSlot
-from hdp.runtime.matmul_attention import acc_dtype, merge
-from hdp.runtime.pair_kernels import Kernel, pair_backward, pair_forward
+from hdp.runtime.matmul_attention import acc_dtype
+from hdp.runtime.pair_kernels import Kernel
+from hdp.runtime.ring_blocks import backward_block, forward_block, visible_pairs  # noqa: F401 - re-exported
 from hdp.runtime.ring_comm import RingComm
+from hdp.runtime.ring_select import effective_algo, node_grid
 
 TAG_KV = 11
 TAG_DKV = 12
@@ -64,6 +70,25 @@ class RingContext:
         self._buffers: dict[tuple, torch.Tensor] = {}
         self.allocations = 0
         """Transfer buffers allocated so far (constant after the first layer's forward and backward)."""
+        self.grid = node_grid(slot.ranks, slot.gpus_per_node) if slot.algo == "two-level" else None
+        """The two-level ring's node grid of ring positions (ring_select.node_grid); None otherwise."""
+        self._comms: dict[str, RingComm] = {}
+        self.ran: str | None = None
+        """The algorithm the last call ran (ring_select.effective_algo)."""
+
+    def algo(self, num_kv_heads: int) -> str:
+        """The algorithm this ring runs for a layer with ``num_kv_heads`` KV heads."""
+        slot = self.slot
+        return effective_algo(slot.algo, slot.ranks, slot.gpus_per_node, num_kv_heads)
+
+    def comm(self, name: str) -> RingComm:
+        """A named transfer stream of this ring (one pending batch each), created on first use."""
+        comm = self._comms.get(name)
+        if comm is None:
+            slot = self.slot
+            comm = self._comms[name] = RingComm(slot.ring_id, self.mb_index, slot.prev_rank, slot.next_rank,
+                                                self.timeout_s)
+        return comm
 
     def block(self, role: str, member: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A contiguous [2, member's tokens, Hkv, D] view of a reusable buffer sized for the largest member.
@@ -79,14 +104,6 @@ class RingContext:
             self.allocations += 1
         n = self.member_tokens[member]
         return buf[:2 * n * row].view(2, n, *like.shape[-2:])
-
-
-def visible_pairs(q_pieces, k_pieces):
-    """Non-empty (query piece, key piece, causal) pairs a query can see: key piece index <= query's."""
-    for jq, qa, qb in q_pieces:
-        for jk, ka, kb in k_pieces:
-            if qb > qa and kb > ka and jk <= jq:
-                yield (qa, qb), (ka, kb), jk == jq
 
 
 def _local_kv(ring: RingContext, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -123,12 +140,7 @@ class RingAttention(torch.autograd.Function):
                 recv = ring.block(f"kv{step % 2}", nxt, kv)
                 comm.send_recv(kv, recv, tag=TAG_KV)
                 comm.commit()
-            for (qa, qb), (ka, kb), causal in visible_pairs(q_pieces, ring.member_rows[src]):
-                o, l = pair_forward(q[qa:qb], kv[0, ka:kb], kv[1, ka:kb], causal, scale, kernel)
-                if qa in seen:
-                    o, l = merge(out[qa:qb], lse[:, qa:qb], o, l)
-                seen.add(qa)
-                out[qa:qb], lse[:, qa:qb] = o, l
+            forward_block(q, q_pieces, kv, ring.member_rows[src], out, lse, seen, scale, kernel)
             if step + 1 < slot.size:
                 comm.wait()
                 kv = recv
@@ -157,12 +169,7 @@ class RingAttention(torch.autograd.Function):
                 kv_comm.commit()
             # This block's share, in one of two buffers in turn: the other may still be on its way out.
             dkv = ring.block(f"dkv{step % 2}", src, kv, dt).zero_()
-            for (qa, qb), (ka, kb), causal in visible_pairs(q_pieces, ring.member_rows[src]):
-                g_q, g_k, g_v = pair_backward(dout[qa:qb], q[qa:qb], kv[0, ka:kb], kv[1, ka:kb], out[qa:qb],
-                                              lse[:, qa:qb], causal, ctx.scale, ctx.kernel)
-                dq[qa:qb] += g_q
-                dkv[0, ka:kb] += g_k
-                dkv[1, ka:kb] += g_v
+            backward_block(dout, q, q_pieces, kv, ring.member_rows[src], out, lse, dq, dkv, ctx.scale, ctx.kernel)
             if step > 0:
                 # Add the block's gradient from the members it visited before this one.
                 grad_comm.wait()
@@ -189,8 +196,12 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ring: Ring
 
     ``kernel`` picks the pair kernel (pair_kernels.py); "auto" chooses by device and dtype.
     """
+    return RingAttention.apply(q, k, v, ring, check_rows(q, k, ring, scale), kernel)
+
+
+def check_rows(q: torch.Tensor, k: torch.Tensor, ring: RingContext, scale: float | None) -> float:
+    """Refuse q/k that are not this member's rows of the ring; returns the softmax scale to use."""
     slot = ring.slot
     if q.shape[0] != slot.num_tokens or k.shape[0] != slot.num_tokens:
         raise ValueError(f"ring {slot.ring_id}: {slot.num_tokens} local tokens but q has {q.shape[0]}, k {k.shape[0]}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return RingAttention.apply(q, k, v, ring, scale, kernel)
+    return q.shape[-1] ** -0.5 if scale is None else scale

@@ -68,6 +68,14 @@ class RingComm:
         empty receive is not posted: both ends skip the same op. ``recv`` must be contiguous and not
         touched until ``wait`` returns (the caller owns and may reuse it afterwards).
         """
+        return self.exchange(to_send, self.next_rank, recv, self.prev_rank, tag)
+
+    def exchange(self, to_send: torch.Tensor, dst: int, recv: torch.Tensor, src: int, tag: int = 0) -> torch.Tensor:
+        """Queue sending ``to_send`` to global rank ``dst`` and receiving into ``recv`` from ``src``.
+
+        The general form of ``send_recv`` for rings whose blocks do not all travel to ``next_rank``
+        (two-level: inner and outer neighbours; bidirectional: both directions). Same rules.
+        """
         if self._works is not None:
             raise RingCommError(f"ring {self.ring_id}: send_recv after commit and before wait")
         if not recv.is_contiguous():
@@ -75,11 +83,11 @@ class RingComm:
         to_send = to_send.contiguous()
         self._buffers += [to_send, recv]
         if to_send.numel() > 0:
-            self._queued.append(dist.P2POp(dist.isend, to_send, self.next_rank, tag=tag))
-            self._peers.append(("send to", self.next_rank))
+            self._queued.append(dist.P2POp(dist.isend, to_send, dst, tag=tag))
+            self._peers.append(("send to", dst))
         if recv.numel() > 0:
-            self._queued.append(dist.P2POp(dist.irecv, recv, self.prev_rank, tag=tag))
-            self._peers.append(("receive from", self.prev_rank))
+            self._queued.append(dist.P2POp(dist.irecv, recv, src, tag=tag))
+            self._peers.append(("receive from", src))
         return recv
 
     def commit(self) -> None:

@@ -38,6 +38,7 @@ from hdp.runtime.memory_stats import memory_record
 from hdp.runtime.model_source import build_train_model, model_shape
 from hdp.runtime.offload import ActivationOffloader
 from hdp.runtime.peers import PeerError, collective
+from hdp.runtime.ring_select import rings_by_algo, with_ring_algo
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
@@ -80,9 +81,21 @@ class Run:
                          max_len=c.max_seq_len, seed=c.seed)
 
     def plan(self, step: int, num_ranks: int) -> Plan:
-        """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank)."""
+        """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank), with --ring-algo applied."""
         assert self.config.capacity is not None
-        return self._make_plan(self.stream.batch(step).lengths, num_ranks, self.config.capacity)
+        plan = self._make_plan(self.stream.batch(step).lengths, num_ranks, self.config.capacity)
+        if self.config.ring_algo is None and self.config.gpus_per_node is None:
+            return plan  # the planner's rings, algorithms and topology as given
+        return with_ring_algo(plan, self.config.ring_algo, self.gpus_per_node(plan, num_ranks),
+                              self.cost.model.num_kv_heads)
+
+    def gpus_per_node(self, plan: Plan, num_ranks: int) -> int:
+        """--gpus-per-node, else the plan's, else LOCAL_WORLD_SIZE (torchrun), else one node of num_ranks."""
+        if self.config.gpus_per_node is not None:
+            return self.config.gpus_per_node
+        if plan.gpus_per_node > 0:
+            return plan.gpus_per_node
+        return int(os.environ.get("LOCAL_WORLD_SIZE", num_ranks))
 
     def default_capacity(self, num_ranks: int) -> int:
         """The smallest capacity at which the strategy can plan the longest sequence on num_ranks ranks:
@@ -147,6 +160,8 @@ def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float
         "micro_batches_max": max(counts),
         "offloaded_bytes": offloaded_bytes,
     }
+    if model is not None:  # what ring attention ran (the plan's algorithm where the ring can run it)
+        record["rings_by_algo"] = rings_by_algo(plan, model.num_kv_heads)
     if model is not None and peak_tflops is not None:
         record.update(mfu_record(model, plan, step_time_s, peak_tflops))
     return record
