@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Sequence
 
 from hdp.plan.types import RING_ALGOS
 
@@ -66,19 +67,38 @@ def ring_shape(members: tuple[int, ...] | list[int], ranks_per_node: int) -> tup
     return len(counts), counts[0] if len(set(counts)) == 1 else 0
 
 
-def ring_algo_for(members: tuple[int, ...] | list[int], topo: Topology) -> str:
-    """The requested algorithm where it applies to this ring, else ``flat``.
+Grid = tuple[tuple[int, ...], ...]
+"""``grid[a][b]``: the ring position of the b-th member on the ring's a-th node."""
 
-    two-level needs m >= 2 nodes of the same g >= 2 members (g = 1 or m = 1 is a flat ring);
-    bidirectional needs at least two KV heads to split."""
-    if topo.ring_algo == "two-level":
-        if list(members) != sorted(members):
-            return "flat"  # the runtime reads members node by node
-        m, g = ring_shape(members, topo.ranks_per_node)
-        return "two-level" if m >= 2 and g >= 2 else "flat"
-    if topo.ring_algo == "bidirectional":
-        return "bidirectional" if topo.kv_heads >= 2 else "flat"
-    return "flat"
+
+def node_grid(ranks: Sequence[int], gpus_per_node: int) -> Grid | None:
+    """The ring's positions as an m x g node grid, or None when the ring is not node-aligned."""
+    if gpus_per_node < 1:
+        return None
+    by_node: dict[int, list[int]] = {}
+    for pos, rank in enumerate(ranks):
+        by_node.setdefault(rank // gpus_per_node, []).append(pos)
+    rows = list(by_node.values())
+    g = len(rows[0])
+    if len(rows) < 2 or g < 2 or any(len(r) != g for r in rows):
+        return None
+    return tuple(tuple(r) for r in rows)
+
+
+def effective_algo(algo: str, ranks: Sequence[int], gpus_per_node: int, num_kv_heads: int) -> str:
+    """The algorithm a ring with these members actually runs when the plan asks for ``algo``."""
+    if algo not in RING_ALGOS:
+        raise ValueError(f"ring algorithm {algo!r}: expected one of {', '.join(RING_ALGOS)}")
+    if algo == "two-level" and node_grid(ranks, gpus_per_node) is None:
+        return "flat"
+    if algo == "bidirectional" and num_kv_heads < 2:
+        return "flat"
+    return algo
+
+
+def ring_algo_for(members: tuple[int, ...] | list[int], topo: Topology) -> str:
+    """The requested algorithm where it applies to this ring, else ``flat`` (``effective_algo``)."""
+    return effective_algo(topo.ring_algo, members, topo.ranks_per_node, topo.kv_heads)
 
 
 def pick_members(free: list[int], k: int, topo: Topology) -> list[int]:

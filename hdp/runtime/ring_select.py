@@ -1,7 +1,8 @@
 """Which ring algorithm a ring runs: the plan's choice, where the ring's shape allows it, else flat.
 
-Pure functions (no torch), shared by ring attention (what to execute), ``hdp train`` (``--ring-algo``
-applied to a plan made without one) and the metrics (``rings_by_algo``), so all three agree.
+The rule itself is ``hdp.plan.topology.effective_algo``, shared with the planner; here it is applied
+to a plan (``hdp train --ring-algo`` on a plan made without one) and counted for the metrics
+(``rings_by_algo``), so the planner, ring attention and the metrics agree.
 
 * ``two-level`` needs a node-aligned ring: its members lie on m >= 2 nodes (rank r is on node
   r // gpus_per_node) with the same g >= 2 members on each. Any such ring works whatever the order of
@@ -16,38 +17,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Sequence
 
+from hdp.plan.topology import effective_algo, node_grid
 from hdp.plan.types import RING_ALGOS, Plan
 
-Grid = tuple[tuple[int, ...], ...]
-"""``grid[a][b]``: the ring position of the b-th member on the ring's a-th node."""
-
-
-def node_grid(ranks: Sequence[int], gpus_per_node: int) -> Grid | None:
-    """The ring's positions as an m x g node grid, or None when the ring is not node-aligned."""
-    if gpus_per_node < 1:
-        return None
-    by_node: dict[int, list[int]] = {}
-    for pos, rank in enumerate(ranks):
-        by_node.setdefault(rank // gpus_per_node, []).append(pos)
-    rows = list(by_node.values())
-    g = len(rows[0])
-    if len(rows) < 2 or g < 2 or any(len(r) != g for r in rows):
-        return None
-    return tuple(tuple(r) for r in rows)
-
-
-def effective_algo(algo: str, ranks: Sequence[int], gpus_per_node: int, num_kv_heads: int) -> str:
-    """The algorithm a ring with these members actually runs when the plan asks for ``algo``."""
-    if algo not in RING_ALGOS:
-        raise ValueError(f"ring algorithm {algo!r}: expected one of {', '.join(RING_ALGOS)}")
-    if algo == "two-level" and node_grid(ranks, gpus_per_node) is None:
-        return "flat"
-    if algo == "bidirectional" and num_kv_heads < 2:
-        return "flat"
-    return algo
-
+__all__ = ["effective_algo", "node_grid", "rings_by_algo", "with_ring_algo"]
 
 def with_ring_algo(plan: Plan, algo: str | None, gpus_per_node: int | None,
                    num_kv_heads: int | None = None) -> Plan:
