@@ -20,7 +20,7 @@ from hdp.plan.sharding import Placement, PlanError, place
 from hdp.plan.strategies import Strategy, get_strategy
 from hdp.plan.topology import Topology, pick_members, ring_stretch
 from hdp.plan.types import Plan
-from hdp.plan.zigzag import ranks_needed
+from hdp.plan.zigzag import max_member_tokens, ranks_needed
 
 
 def check_lengths(lengths: Sequence[object]) -> list[int]:
@@ -58,7 +58,7 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
     placements = place_all(lengths, num_ranks, capacity, cost, s)
     if topology is not None and s.layout == "fewest":
-        placements = node_aligned(placements, num_ranks, topology)
+        placements = node_aligned(lengths, placements, num_ranks, topology)
     return plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                        topology=topology)
 
@@ -75,19 +75,25 @@ def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel
     return placements
 
 
-def node_aligned(placements: list[Placement], num_ranks: int, topology: Topology) -> list[Placement]:
+def node_aligned(lengths: Sequence[int], placements: list[Placement], num_ranks: int,
+                 topology: Topology) -> list[Placement]:
     """With two-level rings, a ring wider than a node gets whole nodes: its size rounds up to a
-    multiple of the node (at most ranks_per_node - 1 more ranks, fewer tokens each). A ring of
-    prime or awkward size otherwise finds no m x g layout once ranks are fragmented, falls back to
-    a flat ring and exposes its transfers; the plan then no longer claims ``fewest_ranks``."""
+    multiple of the node (fewer tokens each). A ring of prime or awkward size otherwise finds no
+    m x g layout once ranks are fragmented, falls back to a flat ring and exposes its transfers; the
+    plan then no longer claims ``fewest_ranks``. The zig-zag floor cuts can give a member of the
+    wider ring one token more than ceil(L/k), so the size grows by whole nodes until every member
+    fits its token limit (or the ring keeps its fewest ranks when no multiple fits the pool)."""
     if topology.ring_algo != "two-level" or topology.ranks_per_node < 2:
         return placements
     g = topology.ranks_per_node
     out = []
-    for p in placements:
-        k = -(-p.ranks // g) * g
-        if p.ranks > g and k != p.ranks and k <= num_ranks:
-            p = dataclasses.replace(p, ranks=k)
+    for length, p in zip(lengths, placements, strict=True):
+        if p.ranks > g and p.ranks % g:
+            k = -(-p.ranks // g) * g
+            while k <= num_ranks and max_member_tokens(length, k) > p.token_limit:
+                k += g
+            if k <= num_ranks:
+                p = dataclasses.replace(p, ranks=k)
         out.append(p)
     return out
 

@@ -102,3 +102,12 @@ def test_two_level_rings_wider_than_a_node_take_whole_nodes():
     assert "fewest_ranks" not in plan.extra and violations(plan) == []
     flat = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "flat"))
     assert {r.seq: r.size for r in flat.rings}[0] == 9 and flat.extra.get("fewest_ranks")
+
+
+def test_whole_node_rings_grow_until_every_zigzag_member_fits():
+    """35 tokens at capacity 5 need 7 ranks; 4 nodes of 2 would give a member 6 tokens (floor cuts),
+    so the two-level ring takes the next multiple of the node that fits, or stays at 7."""
+    topo = Topology(2, "two-level", kv_heads=COST.model.num_kv_heads)
+    plan = make_plan([35], 8, 5, COST, "hdp", topology=topo)
+    assert violations(plan) == []
+    assert all(mb.num_tokens <= 5 for rp in plan.ranks for mb in rp.micro_batches)
