@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="full: recompute every layer's activations in backward (default none)")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write every metric as TensorBoard scalars here (rank 0; needs the tensorboard package)")
+    p.add_argument("--on-nan", choices=("stop", "skip"), default=d.on_nan,
+                   help="a step with a NaN/Inf loss or gradient: stop the run (exit 4; default) or skip its update")
     with_strategy_table(p)
 
 
@@ -77,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, recompute=args.recompute,
         export_hf=args.export_hf, hf_model=args.hf_model,
         tokenizer=args.tokenizer, text_field=args.text_field, dump_batches=args.dump_batches,
+        on_nan=args.on_nan,
     )
 
 

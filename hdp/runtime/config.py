@@ -70,6 +70,8 @@ class TrainConfig:
     """The field holding the text in JSONL, Parquet and datasets inputs."""
     dump_batches: str | None = None
     """JSONL file, one line per step with the token ids of every sequence of the batch (rank 0)."""
+    on_nan: Literal["stop", "skip"] = "stop"
+    """A step whose loss or gradient is NaN/Inf: stop the run (exit 4) or skip its update and go on."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -100,6 +102,8 @@ class TrainConfig:
                              "drop --offload/--offload-ratio or use --recompute none")
         if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:  # also refuses nan
             raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
+        if self.on_nan not in ("stop", "skip"):
+            raise ValueError(f"--on-nan must be stop or skip, got {self.on_nan!r}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
