@@ -184,3 +184,14 @@ def test_stopping_the_launcher_stops_every_rank(how, tmp_path):
     assert code == (130 if how == "SIGINT" else 143)
     assert run.err == ("hdp train: interrupted: stopped all 2 ranks" if how == "SIGINT"
                        else "hdp train: stopped by SIGTERM: stopped all 2 ranks")
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_killed_before_the_first_step_leaves_no_empty_metrics_file(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    run = Train("--nproc", "2", "--steps", "2", "--timeout", f"{TIMEOUT:g}", "--metrics", str(metrics), *SMALL,
+                fault="kill:0:0")
+    assert run.wait() == 1, run.err
+    assert "rank 0 was killed (SIGKILL): probably out of memory" in run.err
+    assert not metrics.exists()
+    assert not run.children()
