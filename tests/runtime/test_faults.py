@@ -195,3 +195,44 @@ def test_a_rank_killed_before_the_first_step_leaves_no_empty_metrics_file(tmp_pa
     assert "rank 0 was killed (SIGKILL): probably out of memory" in run.err
     assert not metrics.exists()
     assert not run.children()
+
+
+def _seeded_rank(rank: int, port: int, seeds: tuple[int, int]) -> None:
+    from hdp.runtime.launch import die_with_parent
+    from hdp.runtime.worker import run_rank
+
+    die_with_parent()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    os._exit(run_rank(divergent_config(seeds[rank]), rank, 2, rank, use_accelerator=False))
+
+
+def divergent_config(seed: int):
+    from hdp.runtime.config import TrainConfig
+
+    return TrainConfig(steps=1, global_batch_tokens=512, max_seq_len=256, capacity=128, seed=seed, progress=False,
+                       timeout_s=20, dtype="float64")
+
+
+@pytest.mark.timeout(60)
+def test_divergent_plans_name_the_ranks_and_both_fingerprints_before_any_ring_starts(capfd):
+    import multiprocessing as mp
+
+    from hdp.runtime.launch import free_port, watch
+    from hdp.runtime.worker import Run
+
+    seeds = (0, 1)  # rank 1 was given another seed: other data, another plan
+    prints = [Run.from_config(divergent_config(s), 2).plan(0, 2).fingerprint[:15] for s in seeds]
+    assert prints[0] != prints[1]
+    ctx = mp.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=_seeded_rank, args=(r, port, seeds)) for r in range(2)]
+    for p in procs:
+        p.start()
+    assert watch(procs, grace_s=10) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err  # one line per rank, nothing else
+    for rank, line in enumerate(err and sorted(err)):
+        assert line.startswith(f"hdp train: error: rank {rank}: step 0: ranks built different plans"), line
+        # Both fingerprints, each with its rank: the all-gather of the plan check is all that ran.
+        assert f"ranks [0] hold plan {prints[0]}" in line and f"ranks [1] hold plan {prints[1]}" in line
