@@ -18,7 +18,7 @@ KNOWN = {"format", "strategy", "num_ranks", "pipeline_stages", "capacity_tokens"
 
 def _malformed(where: str, what: str, value: Any) -> ValueError:
     shown = repr(value)
-    return ValueError(f"malformed {PLAN_FORMAT} plan: {where} must be {what}, got {shown[:60]}")
+    return ValueError(f"malformed {PLAN_FORMAT} file: {where} must be {what}, got {shown[:60]}")
 
 
 def _obj(value: Any, where: str) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def _obj(value: Any, where: str) -> dict[str, Any]:
 
 def _get(d: dict[str, Any], key: str, where: str) -> Any:
     if key not in d:
-        raise ValueError(f"malformed {PLAN_FORMAT} plan: {where} has no field {key!r}")
+        raise ValueError(f"malformed {PLAN_FORMAT} file: {where} has no field {key!r}")
     return d[key]
 
 

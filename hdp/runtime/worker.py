@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -48,10 +49,11 @@ EXIT_INTERRUPTED = 130
 REPORTED_CODES = (EXIT_USER_ERROR, EXIT_PEER_FAILURE, EXIT_NON_FINITE, EXIT_INTERRUPTED)
 """Exit codes of a rank that has printed its own one-line reason (the launcher adds nothing)."""
 
+CPU_PROFILE = "cpu-small-1t"
+
 
 class NonFiniteStep(Exception):
     """A step's loss or gradient was NaN/Inf under ``--on-nan stop`` (every rank raises it together)."""
-CPU_PROFILE = "cpu-small-1t"
 
 
 @dataclass(frozen=True)
@@ -282,8 +284,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             skipped = not result.finite and check_finite(result, batch, step, config.on_nan, rank)
             copied = offload.offloaded_bytes if offload else 0
             elapsed = time.perf_counter() - start
-            reporter.step({**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
-                           "lr": lr, **fixed, **memory_record(optimizer, device), **({"skipped": True} if skipped else {})})
+            record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
+                      "lr": lr, **fixed, **memory_record(optimizer, device)}
+            if skipped:  # null, not NaN: the metrics file stays strict JSON
+                record.update(skipped=True, **{k: None for k in ("loss", "grad_norm") if not math.isfinite(record[k])})
+            reporter.step(record)
             if dump is not None:  # after the step's timing: reading the whole batch is not training work
                 dump.write(step, batch)
     finally:
@@ -345,7 +350,7 @@ class Reporter:
             self._tensorboard.write(record)
         if self._progress is not None:
             self._progress.update(self._task, advance=1,
-                                  description=f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s")
+                                  description=f"loss {_loss(record)}  {record['tokens_per_s']:,.0f} tok/s")
 
     def close(self) -> None:
         if self._progress is not None:
@@ -371,7 +376,7 @@ class Reporter:
         t.add_row("steps", str(len(recs)))
         if self.devices:
             t.add_row("devices", describe_devices(self.devices))
-        t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
+        t.add_row("loss first → last", f"{_loss(recs[0])} → {_loss(recs[-1])}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
         t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")
         if "mfu" in recs[0]:
@@ -390,6 +395,11 @@ class Reporter:
         if self.config.metrics:
             t.add_row("metrics", self.config.metrics)
         Console().print(t)
+
+
+def _loss(record: dict[str, Any]) -> str:
+    """A record's loss for people (None: a skipped non-finite step)."""
+    return "nan" if record["loss"] is None else f"{record['loss']:.4f}"
 
 
 def env_rank() -> tuple[int, int, int] | None:
