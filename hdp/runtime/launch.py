@@ -152,20 +152,29 @@ def describe_exit(rank: int, code: int) -> str | None:
 
 
 def watch(procs: list, grace_s: float = 3.0, poll_s: float = 0.05) -> int:
-    """Wait for all ranks; on the first failure stop the rest after ``grace_s``. Returns the exit code."""
+    """Wait for all ranks; on the first failure stop the rest after ``grace_s``. Returns the exit code:
+    the cause's (a rank's own error or a signal: 1), before the survivors' peer failure (3)."""
+    from hdp.runtime.worker import EXIT_PEER_FAILURE
+
     failed_at: float | None = None
-    first_code = 0
+    failures: list[int] = []  # exit codes in the order they were seen
     seen: set[int] = set()
+    stopped: list[int] = []
+
+    def look() -> None:
+        for r, p in enumerate(procs):
+            if p.exitcode not in (None, 0) and r not in seen and r not in stopped:
+                seen.add(r)
+                failures.append(p.exitcode)
+                why = describe_exit(r, p.exitcode)  # every rank that did not say why itself
+                if why is not None:
+                    print(f"hdp train: {why}; stopping the run", file=sys.stderr, flush=True)
+
     try:
         while any(p.exitcode is None for p in procs):
-            for r, p in enumerate(procs):
-                if p.exitcode not in (None, 0) and r not in seen:
-                    seen.add(r)
-                    if failed_at is None:
-                        failed_at, first_code = time.monotonic(), p.exitcode
-                    why = describe_exit(r, p.exitcode)  # every rank that did not say why itself
-                    if why is not None:
-                        print(f"hdp train: {why}; stopping the run", file=sys.stderr, flush=True)
+            look()
+            if failures and failed_at is None:
+                failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 stopped = [r for r, p in enumerate(procs) if p.exitcode is None]
                 _stop(procs)
@@ -179,15 +188,11 @@ def watch(procs: list, grace_s: float = 3.0, poll_s: float = 0.05) -> int:
         raise
     for p in procs:
         p.join()
-    for r, p in enumerate(procs):  # ranks that ended between the last poll and the loop's end
-        if p.exitcode not in (None, 0) and r not in seen and (why := describe_exit(r, p.exitcode)) is not None:
-            print(f"hdp train: {why}", file=sys.stderr, flush=True)
-    codes = [p.exitcode for p in procs]
-    if first_code == 0:
-        first_code = next((c for c in codes if c not in (0, None)), 0)
-    if first_code == 0:
+    look()  # ranks that ended between the last poll and the loop's end
+    if not failures:
         return 0
-    return first_code if first_code > 0 else 1  # negative: killed by a signal
+    code = next((c for c in failures if c != EXIT_PEER_FAILURE), failures[0])
+    return code if code > 0 else 1  # negative: killed by a signal
 
 
 def _stop(procs: list) -> None:
