@@ -73,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ring attention for every ring that can run it, the others run flat: flat (one ring), "
                         "two-level (inner ring per node, parallel outer rings across nodes; needs node-aligned rings), "
                         "bidirectional (half the KV heads each way; needs 2+ KV heads) (default: as the plan says)")
+    p.add_argument("--on-nan", choices=("stop", "skip"), default=d.on_nan,
+                   help="a step with a NaN/Inf loss or gradient: stop the run (exit 4; default) or skip its update")
     with_strategy_table(p)
 
 
@@ -86,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         export_hf=args.export_hf, hf_model=args.hf_model,
         tokenizer=args.tokenizer, text_field=args.text_field, dump_batches=args.dump_batches,
         gpus_per_node=args.gpus_per_node, ring_algo=args.ring_algo,
+        on_nan=args.on_nan,
     )
 
 

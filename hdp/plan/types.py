@@ -168,43 +168,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
-        if d.get("format") != PLAN_FORMAT:
-            raise ValueError(f"not an {PLAN_FORMAT} plan (format={d.get('format')!r})")
-        known = {
-            "format", "strategy", "num_ranks", "pipeline_stages", "capacity_tokens", "sequences",
-            "rings", "ranks", "predicted_step_time_s", "lower_bound_s", "fingerprint", "gpus_per_node",
-        }
-        plan = cls(
-            strategy=d["strategy"],
-            num_ranks=d["num_ranks"],
-            capacity_tokens=d["capacity_tokens"],
-            pipeline_stages=d.get("pipeline_stages", 1),
-            gpus_per_node=int(d.get("gpus_per_node", 0)),
-            sequences=tuple(Sequence(s["id"], s["length"]) for s in d["sequences"]),
-            rings=tuple(Ring(r["id"], r["seq"], tuple(r["ranks"]), r.get("algo", "flat")) for r in d["rings"]),
-            ranks=tuple(
-                RankPlan(
-                    rp["rank"],
-                    tuple(
-                        MicroBatch(
-                            segments=tuple(Segment(s["seq"], s["start"], s["end"]) for s in mb["segments"]),
-                            rings=tuple(mb["rings"]),
-                            offload_ratio=float(mb["offload_ratio"]),
-                            token_limit=int(mb["token_limit"]),
-                            offload_layers=int(mb.get("offload_layers", 0)),
-                        )
-                        for mb in rp["micro_batches"]
-                    ),
-                )
-                for rp in d["ranks"]
-            ),
-            predicted_step_time_s=float(d.get("predicted_step_time_s", 0.0)),
-            lower_bound_s=float(d.get("lower_bound_s", 0.0)),
-            extra={k: v for k, v in d.items() if k not in known},
-        )
-        if "fingerprint" in d and d["fingerprint"] != plan.fingerprint:
-            raise ValueError("plan fingerprint does not match its contents: the file is corrupt or was edited")
-        return plan
+        """The plan ``d`` describes; any malformed field is a ``ValueError`` naming it (hdp.plan.plan_json)."""
+        from hdp.plan.plan_json import plan_from_dict
+
+        return plan_from_dict(d)
 
     def to_json(self) -> str:
         return canonical_json(self.to_dict())

@@ -24,6 +24,10 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
     ring_homes: dict[int, list[tuple[int, int]]] = {r.id: [] for r in plan.rings}
     seq_ring = {}
     for ring in plan.rings:
+        if not 0 <= ring.seq < len(lengths):
+            if bad(f"ring {ring.id} splits sequence {ring.seq}, which does not exist"):
+                return out
+            continue
         if ring.seq in seq_ring and bad(f"sequence {ring.seq} is in two rings"):
             return out
         seq_ring[ring.seq] = ring
@@ -51,6 +55,7 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
                 elif bad(f"{where} lists unknown ring {g}"):
                     return out
             ring_seqs = {plan.rings[g].seq for g in mb.rings if g in ring_homes}
+            inside = [s for s in mb.segments if 0 <= s.seq < len(lengths) and s.end <= lengths[s.seq]]
             for s in mb.segments:
                 if not (0 <= s.seq < len(lengths) and s.end <= lengths[s.seq]):
                     if bad(f"{where}: segment {s} lies outside its sequence"):
@@ -68,6 +73,8 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
                     return out
             # Rule 2: the member's pieces are exactly its zig-zag pair.
             for g in mb.rings:
+                if g not in ring_homes or not 0 <= plan.rings[g].seq < len(lengths):
+                    continue  # reported above
                 ring = plan.rings[g]
                 if rp.rank not in ring.ranks:
                     if bad(f"{where} lists ring {g} but rank {rp.rank} is not a member"):
@@ -79,7 +86,7 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
                     return out
             # Rule 4: fewest ranks, for plans that claim it.
             if fewest:
-                for s in mb.segments:
+                for s in inside:
                     ring = seq_ring.get(s.seq)
                     need = ranks_needed(lengths[s.seq], mb.token_limit)
                     size = ring.size if ring else 1

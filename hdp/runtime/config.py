@@ -76,6 +76,8 @@ class TrainConfig:
     has one, else LOCAL_WORLD_SIZE under torchrun, else every local process on one node."""
     ring_algo: Literal["flat", "two-level", "bidirectional"] | None = None
     """Ring attention algorithm for every ring that can run it (others run flat); None: as the plan says."""
+    on_nan: Literal["stop", "skip"] = "stop"
+    """A step whose loss or gradient is NaN/Inf: stop the run (exit 4) or skip its update and go on."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -110,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"--ring-algo must be one of {', '.join(RING_ALGOS)}, got {self.ring_algo!r}")
         if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:  # also refuses nan
             raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
+        if self.on_nan not in ("stop", "skip"):
+            raise ValueError(f"--on-nan must be stop or skip, got {self.on_nan!r}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -26,5 +26,16 @@ def collective(what: str) -> Iterator[None]:
     except (PeerError, dist.DistError):
         raise
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PeerError(f"{what} failed: {first[:300]}") from e
+        raise PeerError(f"{what} failed: {peer_cause(e)}") from e
+
+
+def peer_cause(e: BaseException) -> str:
+    """The backend's error as one clause (gloo's raw text names source files and ports, not causes)."""
+    text = str(e).strip()
+    low = text.lower()
+    if any(s in low for s in ("closed by peer", "reset by peer", "broken pipe", "connection refused", "eof")):
+        return "a peer closed its connection (it died or was stopped)"
+    if "timed out" in low or "timeout" in low:
+        return "a peer did not answer in time (it hangs, died, or runs another plan)"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:200]

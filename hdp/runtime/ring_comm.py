@@ -23,7 +23,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from hdp.runtime.peers import PeerError
+from hdp.runtime.peers import PeerError, peer_cause
 
 
 LATE_SLACK_S = 0.05
@@ -121,9 +121,9 @@ class RingComm:
                 late = deadline is not None and time.monotonic() >= deadline - LATE_SLACK_S
                 kind = RingTimeoutError if late else RingCommError
                 op = f"{what} rank {peer}" if peer >= 0 else what
+                how = f"did not complete within {self.timeout_s:g} s" if late else f"failed: {peer_cause(e)}"
                 raise kind(
-                    f"ring {self.ring_id}, micro-batch {self.mb_index}: {op} did not complete"
-                    + (f" within {self.timeout_s:g} s" if self.timeout_s is not None else "")
+                    f"ring {self.ring_id}, micro-batch {self.mb_index}: {op} {how}"
                     + f" (this rank {dist.get_rank()}); is that peer alive and running the same plan?"
                 ) from e
         del buffers  # completed: the backend no longer touches them

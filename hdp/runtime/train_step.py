@@ -11,6 +11,7 @@ and ranks with no work at all.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,9 @@ class StepResult:
     """Tokens in the global batch."""
     local_tokens: int
     local_micro_batches: int
+    finite: bool = True
+    """Loss and gradient norm are finite. Every rank agrees (both come out of the same all-reduce);
+    when False the update was skipped, so parameters and optimizer states are still the last finite ones."""
 
 
 def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
@@ -81,9 +85,13 @@ def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: Globa
     # step()'s parameter all-gather. A peer that died or hangs surfaces here as a PeerError.
     with collective("the gradient reduce-scatter and parameter all-gather"):
         norm, (loss,) = optimizer.reduce([loss_share])
-        optimizer.step(norm, max_grad_norm, lr)
-    return StepResult(loss=loss, grad_norm=float(norm), tokens=plan.total_tokens,
-                      local_tokens=local_tokens, local_micro_batches=local_mbs)
+        grad_norm = float(norm)
+        # A NaN/Inf anywhere reaches the all-reduced norm or loss on every rank: all skip together.
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            optimizer.step(norm, max_grad_norm, lr)
+    return StepResult(loss=loss, grad_norm=grad_norm, tokens=plan.total_tokens,
+                      local_tokens=local_tokens, local_micro_batches=local_mbs, finite=finite)
 
 
 def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1, *, zero: int = 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -37,13 +38,23 @@ from hdp.runtime.lr_schedule import lr_at
 from hdp.runtime.memory_stats import memory_record
 from hdp.runtime.model_source import build_train_model, model_shape
 from hdp.runtime.offload import ActivationOffloader
-from hdp.runtime.peers import PeerError, collective
+from hdp.runtime.faults import Fault
+from hdp.runtime.peers import PeerError, collective, peer_cause
 from hdp.runtime.ring_select import rings_by_algo, with_ring_algo
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
 EXIT_PEER_FAILURE = 3
+EXIT_NON_FINITE = 4
+EXIT_INTERRUPTED = 130
+REPORTED_CODES = (EXIT_USER_ERROR, EXIT_PEER_FAILURE, EXIT_NON_FINITE, EXIT_INTERRUPTED)
+"""Exit codes of a rank that has printed its own one-line reason (the launcher adds nothing)."""
+
 CPU_PROFILE = "cpu-small-1t"
+
+
+class NonFiniteStep(Exception):
+    """A step's loss or gradient was NaN/Inf under ``--on-nan stop`` (every rank raises it together)."""
 
 
 @dataclass(frozen=True)
@@ -225,10 +236,18 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
         print(f"hdp train: error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except (dist.DistError, PeerError) as e:  # a peer died, hung or left: not a bug of ours
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = str(e) if isinstance(e, PeerError) else peer_cause(e)
         print(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
-              f"{config.timeout_s:g} s ({type(e).__name__}: {first[:300]})", file=sys.stderr, flush=True)
+              f"{config.timeout_s:g} s: {cause}", file=sys.stderr, flush=True)
         return EXIT_PEER_FAILURE
+    except NonFiniteStep as e:  # every rank knows; one says it
+        if rank == 0:
+            print(f"hdp train: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
+    except KeyboardInterrupt:  # under torchrun the agent forwards Ctrl-C: one line, no traceback per rank
+        if rank == 0:
+            print("hdp train: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     finally:
         if dist.is_initialized():
             try:
@@ -245,6 +264,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     device = pick_device(local_rank, use_accelerator)
     init_group(rank, world_size, device, config.timeout_s)
     model = build_train_model(config, device)
+    fault = Fault.from_env()  # HDP_DEBUG_FAULT (hdp.runtime.faults); None in normal runs
+    if fault is not None:
+        fault.install(model, rank)
     zero = config.zero_for(world_size)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
     planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
@@ -264,13 +286,24 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             lr = lr_at(step, lr=config.lr, steps=config.steps, schedule=config.lr_schedule,
                        warmup_steps=config.warmup_steps, min_lr=config.final_lr)
             batch = run.stream.batch(step)
-            result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
-                                timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
-                                offload_layers=offload_layers, lr=lr)
+            if fault is not None:
+                fault.current_step = step
+            try:
+                result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
+                                    timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
+                                    offload_layers=offload_layers, lr=lr)
+            except (PeerError, dist.DistError) as e:  # say where: step (the ring error names ring, micro-batch, peer)
+                raise PeerError(f"step {step}: {e if isinstance(e, PeerError) else peer_cause(e)}") from e
+            except ValueError as e:
+                raise ValueError(f"step {step}: {e}") from None
+            skipped = not result.finite and check_finite(result, batch, step, config.on_nan, rank)
             copied = offload.offloaded_bytes if offload else 0
             elapsed = time.perf_counter() - start
-            reporter.step({**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
-                           "lr": lr, **fixed, **memory_record(optimizer, device)})
+            record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
+                      "lr": lr, **fixed, **memory_record(optimizer, device)}
+            if skipped:  # null, not NaN: the metrics file stays strict JSON
+                record.update(skipped=True, **{k: None for k in ("loss", "grad_norm") if not math.isfinite(record[k])})
+            reporter.step(record)
             if dump is not None:  # after the step's timing: reading the whole batch is not training work
                 dump.write(step, batch)
     finally:
@@ -283,6 +316,20 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         export_hf(model, config.export_hf, max_positions=config.max_seq_len, tokenizer=config.tokenizer)
     reporter.summary()
     return 0
+
+
+def check_finite(result: StepResult, batch: Any, step: int, on_nan: str, rank: int) -> bool:
+    """A non-finite step (the update was skipped on every rank): raise (``stop``) or warn (``skip``).
+    Returns True: the step was skipped. Either way the model keeps its last finite state."""
+    docs = sorted({s.doc for s in batch.slices})
+    shown = ", ".join(map(str, docs[:20])) + (f", ... ({len(docs)} in all)" if len(docs) > 20 else "")
+    what = (f"step {step}: loss {result.loss:g}, gradient norm {result.grad_norm:g} (documents {shown})")
+    if on_nan == "stop":
+        raise NonFiniteStep(f"{what}: stopped before the update, so the last state is finite (--on-nan skip "
+                            "would skip such steps)")
+    if rank == 0:
+        print(f"hdp train: warning: {what}: update skipped (--on-nan skip)", file=sys.stderr, flush=True)
+    return True
 
 
 class Reporter:
@@ -318,7 +365,7 @@ class Reporter:
             self._tensorboard.write(record)
         if self._progress is not None:
             self._progress.update(self._task, advance=1,
-                                  description=f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s")
+                                  description=f"loss {_loss(record)}  {record['tokens_per_s']:,.0f} tok/s")
 
     def close(self) -> None:
         if self._progress is not None:
@@ -344,7 +391,7 @@ class Reporter:
         t.add_row("steps", str(len(recs)))
         if self.devices:
             t.add_row("devices", describe_devices(self.devices))
-        t.add_row("loss first → last", f"{recs[0]['loss']:.4f} → {recs[-1]['loss']:.4f}")
+        t.add_row("loss first → last", f"{_loss(recs[0])} → {_loss(recs[-1])}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
         t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")
         if "mfu" in recs[0]:
@@ -363,6 +410,11 @@ class Reporter:
         if self.config.metrics:
             t.add_row("metrics", self.config.metrics)
         Console().print(t)
+
+
+def _loss(record: dict[str, Any]) -> str:
+    """A record's loss for people (None: a skipped non-finite step)."""
+    return "nan" if record["loss"] is None else f"{record['loss']:.4f}"
 
 
 def env_rank() -> tuple[int, int, int] | None:
