@@ -63,7 +63,10 @@ def launch(config: TrainConfig, nproc: int) -> int:
         from hdp.data.dump import check_writable
 
         check_writable(config.dump_batches)
-    if config.metrics:
+    from hdp.runtime.restart import check_resume, run_with_restarts
+
+    resuming = check_resume(config, run.stream.corpus.doc_lengths) is not None
+    if config.metrics and not resuming:  # a resumed run keeps the steps before its checkpoint
         try:
             open(config.metrics, "w").close()
         except OSError as e:
@@ -72,7 +75,7 @@ def launch(config: TrainConfig, nproc: int) -> int:
         from hdp.runtime.hf_export import check_export_dir
 
         check_export_dir(config.export_hf)
-    return spawn(config, nproc)
+    return run_with_restarts(config, nproc, spawn)
 
 
 def spawn(config: TrainConfig, nproc: int) -> int:
