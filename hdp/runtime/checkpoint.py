@@ -52,7 +52,7 @@ class Checkpointer:
         self.config, self.optimizer, self.data_id = config, optimizer, data_id
         self.rank, self.world_size = rank, world_size
         # A group of its own: an async save's background collectives never pair with training's.
-        self.group = dist.new_group(backend="gloo")
+        self.group = dist.new_group(backend="gloo") if config.async_save else None
         self.mesh = init_device_mesh("cpu", (world_size,))
         self._pending: tuple[Future, int] | None = None
 
