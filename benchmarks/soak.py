@@ -73,6 +73,17 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
 
 
+def sequence_counts(data: str, a: argparse.Namespace) -> dict[str, int]:
+    """How many sequences the steps' global batches hold (the same pure function of data, seed, step)."""
+    from hdp.data.batches import BatchStream
+    from hdp.data.load import load_training_data
+
+    stream = BatchStream(load_training_data(data).corpus, a.global_batch_tokens, a.max_seq_len, a.seed)
+    counts = [len(stream.batch(s).lengths) for s in range(a.steps)]
+    return {"min": min(counts), "median": int(statistics.median(counts)), "max": max(counts),
+            "steps_with_1000_or_more": sum(c >= 1000 for c in counts)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     resumed_from = max((s for s in range(0, kill_step + 1, a.save_every) if s <= kill_step), default=0)
     segments = [[s for s in rss if warm <= s < kill_step], [s for s in rss if s >= resumed_from + warm]]
     slopes = [slope([float(s) for s in seg], [statistics.fmean(rss[s]) for s in seg]) for seg in segments if len(seg) > 2]
-    result = {
+    result = {"sequences_per_step": sequence_counts(data, a), **{
         "steps_requested": a.steps, "steps_done": len(records), "each_step_once": steps == list(range(a.steps)),
         "exit_code": proc.returncode,
         "errors": [x for x in err.splitlines() if "error" in x.lower()],
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_ring": max(r["max_ring"] for r in records), "rings_max": max(r["rings"] for r in records),
         "corpus_docs": corpus, "wall_s": round(time.time() - started, 1), "workdir": work,
         "stderr_tail": err.strip().splitlines()[-6:],
-    }
+    }}
     text = json.dumps(result, indent=1)
     print(text)
     if a.out:
