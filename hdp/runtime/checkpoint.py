@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
@@ -95,12 +96,15 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # a save cut short by an earlier crash
         dist.barrier(group=self.group)
         state = self._sharded(self._flat(), copy=self.config.async_save or self.optimizer.device.type != "cpu")
-        if self.config.async_save:
-            fut = dcp.async_save(state, checkpoint_id=tmp, process_group=self.group)
-            self._pending = (fut, step)
-        else:
-            dcp.save(state, checkpoint_id=tmp, process_group=self.group)
-            self._finish(step)
+        try:
+            if self.config.async_save:
+                self._pending = (dcp.async_save(state, checkpoint_id=tmp, process_group=self.group), step)
+            else:
+                dcp.save(state, checkpoint_id=tmp, process_group=self.group)
+                self._finish(step)
+        except (OSError, CheckpointException) as e:
+            raise ValueError(f"writing checkpoint {tmp!r} failed ({str(e).strip()[:200]}): check --save-dir's "
+                             "space and permissions; the earlier checkpoints are kept") from None
 
     def wait(self) -> None:
         """Complete the async save in flight, if any (before the next save and at the end of the run)."""
