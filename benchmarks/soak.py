@@ -131,16 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     steps = [r["step"] for r in records]
     times = [r["step_time_s"] for r in records]
     kill_time = float(open(marker).read()) if os.path.exists(marker) else None
-    after = [t for s, t in arrivals if kill_time is not None and t > kill_time]
+    resumed_from = max((s for s in range(0, kill_step + 1, a.save_every) if s <= kill_step), default=0)
+    # The restarted run's first step is the checkpoint's; lines of steps before the kill may land after it.
+    after = [t for s, t in arrivals if kill_time is not None and t > kill_time and s == resumed_from]
     warm = min(20, a.steps // 5)
     # The restarted processes are new: fit each attempt's RSS separately, past its warm-up.
-    resumed_from = max((s for s in range(0, kill_step + 1, a.save_every) if s <= kill_step), default=0)
     segments = [[s for s in rss if warm <= s < kill_step], [s for s in rss if s >= resumed_from + warm]]
     slopes = [slope([float(s) for s in seg], [statistics.fmean(rss[s]) for s in seg]) for seg in segments if len(seg) > 2]
     result = {"sequences_per_step": sequence_counts(data, a), **{
         "steps_requested": a.steps, "steps_done": len(records), "each_step_once": steps == list(range(a.steps)),
         "exit_code": proc.returncode,
-        "errors": [x for x in err.splitlines() if "error" in x.lower()],
+        # Survivors of the injected kill report their dead peer before the restart: expected, counted apart.
+        "errors": [x for x in err.split("restarting all")[-1].splitlines() if "error" in x.lower()],
+        "kill_reports": sum("error" in x.lower() for x in err.split("restarting all")[0].splitlines()),
         "restarts": err.count("restarting all"), "kill_step": kill_step, "resumed_from_step": resumed_from,
         "restart_s": round(after[0] - kill_time, 3) if after else None,
         "rss_growth_bytes_per_step": [round(s) for s in slopes],
