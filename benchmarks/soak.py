@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "restarts": err.count("restarting all"), "kill_step": kill_step, "resumed_from_step": resumed_from,
         "restart_s": round(after[0] - kill_time, 3) if after else None,
         "rss_growth_bytes_per_step": [round(s) for s in slopes],
+        "rss_mb_by_step": {s: round(statistics.fmean(rss[s]) / 1e6, 1) for s in sorted(rss)[::10]},
         "rss_mean_mb": round(statistics.fmean(statistics.fmean(v) for v in rss.values()) / 1e6, 1) if rss else None,
         "step_time_median_s": round(statistics.median(times), 4),
         "step_time_max_s": round(max(times), 4), "slowest_vs_median": round(max(times) / statistics.median(times), 2),
