@@ -75,6 +75,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "bidirectional (half the KV heads each way; needs 2+ KV heads) (default: as the plan says)")
     p.add_argument("--on-nan", choices=("stop", "skip"), default=d.on_nan,
                    help="a step with a NaN/Inf loss or gradient: stop the run (exit 4; default) or skip its update")
+    p.add_argument("--save-dir", default=None, metavar="DIR",
+                   help="write sharded checkpoints (torch.distributed.checkpoint) here as step-NNNNNN/ (docs/checkpoint.md)")
+    p.add_argument("--save-every", type=int, default=None, metavar="N",
+                   help="checkpoint after every N steps (default: only after the last step)")
+    p.add_argument("--keep", type=int, default=d.keep, metavar="N",
+                   help=f"complete checkpoints kept in --save-dir (default {d.keep})")
+    p.add_argument("--async-save", action="store_true", help="write checkpoints in the background while training")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue to --steps from a checkpoint: a step-* directory or a --save-dir (its newest); "
+                        "the world size may differ from the saved run's")
+    p.add_argument("--max-restarts", type=int, default=d.max_restarts, metavar="N",
+                   help="restart all local ranks from the newest checkpoint in --save-dir after a rank dies "
+                        "(default 0: a dead rank ends the run)")
+    p.add_argument("--schedule-steps", type=int, default=None, metavar="N",
+                   help="steps the learning-rate schedule spans (default --steps); lets a run stop early and resume exactly")
     with_strategy_table(p)
 
 
@@ -89,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         tokenizer=args.tokenizer, text_field=args.text_field, dump_batches=args.dump_batches,
         gpus_per_node=args.gpus_per_node, ring_algo=args.ring_algo,
         on_nan=args.on_nan,
+        save_dir=args.save_dir, save_every=args.save_every, keep=args.keep, async_save=args.async_save,
+        resume=args.resume, max_restarts=args.max_restarts, schedule_steps=args.schedule_steps,
     )
 
 

@@ -29,9 +29,9 @@ def batch_record(step: int, batch: GlobalBatch) -> dict:
 class BatchDump:
     """Appends one line per step, flushed, so a run that stops keeps the steps it finished."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, append: bool = False) -> None:
         check_writable(path)
-        self._file = open(path, "w")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "a" if append else "w")  # noqa: SIM115 - closed by close()
 
     def write(self, step: int, batch: GlobalBatch) -> None:
         self._file.write(json.dumps(batch_record(step, batch), separators=(",", ":")) + "\n")

@@ -78,6 +78,20 @@ class TrainConfig:
     """Ring attention algorithm for every ring that can run it (others run flat); None: as the plan says."""
     on_nan: Literal["stop", "skip"] = "stop"
     """A step whose loss or gradient is NaN/Inf: stop the run (exit 4) or skip its update and go on."""
+    save_dir: str | None = None
+    """Write checkpoints here (``step-NNNNNN/``, hdp.runtime.checkpoint)."""
+    save_every: int | None = None
+    """Checkpoint after every N steps (and after the last); None with save_dir: only after the last."""
+    keep: int = 2
+    """Complete checkpoints kept in save_dir (older ones are deleted once a newer one is complete)."""
+    async_save: bool = False
+    """Write checkpoints in the background (DCP async_save) while the next steps train."""
+    resume: str | None = None
+    """A checkpoint directory, or a save_dir (its newest checkpoint), to continue from."""
+    max_restarts: int = 0
+    """Times the local launcher restarts all ranks from the newest checkpoint after a rank died."""
+    schedule_steps: int | None = None
+    """Steps the LR schedule decays over; None: ``steps``. Lets a run stopped early resume exactly."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -114,6 +128,20 @@ class TrainConfig:
             raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"--on-nan must be stop or skip, got {self.on_nan!r}")
+
+        if self.save_every is not None and (self.save_every < 1 or not self.save_dir):
+            raise ValueError("--save-every needs --save-dir and must be >= 1")
+        if self.keep < 1 or self.max_restarts < 0:
+            raise ValueError(f"--keep must be >= 1 and --max-restarts >= 0, got {self.keep} and {self.max_restarts}")
+        if self.max_restarts and not self.save_dir:
+            raise ValueError("--max-restarts needs --save-dir: restarts resume from its newest checkpoint")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ValueError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
+
+    @property
+    def lr_steps(self) -> int:
+        """Steps the learning-rate schedule spans."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -90,7 +90,10 @@ def launch(config: TrainConfig, nproc: int) -> int:
         from hdp.data.dump import check_writable
 
         check_writable(config.dump_batches)
-    if config.metrics:
+    from hdp.runtime.restart import check_resume, run_with_restarts
+
+    resuming = check_resume(config, run.stream.corpus.doc_lengths) is not None
+    if config.metrics and not resuming:  # a resumed run keeps the steps before its checkpoint
         try:
             open(config.metrics, "w").close()
         except OSError as e:
@@ -99,7 +102,7 @@ def launch(config: TrainConfig, nproc: int) -> int:
         from hdp.runtime.hf_export import check_export_dir
 
         check_export_dir(config.export_hf)
-    code = spawn(config, nproc)
+    code = run_with_restarts(config, nproc, spawn)
     if code != 0:  # a run that failed before its first step leaves no empty file behind
         for path in (config.metrics, config.dump_batches):
             if path and os.path.isfile(path) and os.path.getsize(path) == 0:

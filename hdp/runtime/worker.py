@@ -33,6 +33,7 @@ from hdp.plan.sharding import num_offload_layers
 from hdp.plan.types import Plan
 from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.plan.memory import state_bytes as planned_state_bytes
+from hdp.runtime.checkpoint import after_step, open_checkpoint
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.lr_schedule import lr_at
 from hdp.runtime.memory_stats import memory_record
@@ -41,6 +42,7 @@ from hdp.runtime.offload import ActivationOffloader
 from hdp.runtime.faults import Fault
 from hdp.runtime.peers import PeerError, collective, peer_cause
 from hdp.runtime.ring_select import rings_by_algo, with_ring_algo
+from hdp.runtime.test_hooks import maybe_kill
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 EXIT_USER_ERROR = 2
@@ -269,21 +271,23 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         fault.install(model, rank)
     zero = config.zero_for(world_size)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
+    ckpt, start_step = open_checkpoint(config, run.stream.corpus.doc_lengths, optimizer, rank, world_size)
     planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
     fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
              "planned_state_bytes": planned}
     offload = None
     if config.offload or offload_layers:
         offload = ActivationOffloader(device, model.cfg.num_layers, model.parameters())
-    reporter = Reporter(config, enabled=rank == 0, data=run.data)
+    reporter = Reporter(config, enabled=rank == 0, data=run.data, append=start_step > 0)
     reporter.devices = _gather_devices(device, world_size)
     peak = peak_tflops_for(device, run.cost)
-    dump = BatchDump(config.dump_batches) if rank == 0 and config.dump_batches else None
+    dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None
     try:
-        for step in range(config.steps):
+        for step in range(start_step, config.steps):
+            maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.test_hooks)
             start = time.perf_counter()
             plan = run.plan(step, world_size)
-            lr = lr_at(step, lr=config.lr, steps=config.steps, schedule=config.lr_schedule,
+            lr = lr_at(step, lr=config.lr, steps=config.lr_steps, schedule=config.lr_schedule,
                        warmup_steps=config.warmup_steps, min_lr=config.final_lr)
             batch = run.stream.batch(step)
             if fault is not None:
@@ -306,6 +310,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             reporter.step(record)
             if dump is not None:  # after the step's timing: reading the whole batch is not training work
                 dump.write(step, batch)
+            after_step(ckpt, config, step + 1)
+        if ckpt is not None:
+            ckpt.wait()
     finally:
         reporter.close()
         if dump is not None:
@@ -335,11 +342,12 @@ def check_finite(result: StepResult, batch: Any, step: int, on_nan: str, rank: i
 class Reporter:
     """Rank 0's progress bar, metrics file and summary."""
 
-    def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None) -> None:
+    def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None,
+                 append: bool = False) -> None:
         self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
         self.devices: list[str] = []
-        self._file = open(config.metrics, "w") if enabled and config.metrics else None  # noqa: SIM115
+        self._file = open(config.metrics, "a" if append else "w") if enabled and config.metrics else None  # noqa: SIM115
         self._tensorboard = None
         if enabled and config.tensorboard:
             from hdp.runtime.tensorboard import TensorBoardLog

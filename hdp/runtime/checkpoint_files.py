@@ -1,0 +1,189 @@
+"""Checkpoint directories on disk, without torch: naming, finding the newest, validating, pruning.
+
+A save directory holds ``step-000050/``, ``step-000100/``, ... Each is written as
+``step-000100.tmp/`` and renamed when complete, so a name without ``.tmp`` is always a whole
+checkpoint: DCP's files (``.metadata`` and one ``__<rank>_0.distcp`` per rank) plus ``hdp.json``
+(step, Adam's step count, RNG state, the config that decides exactness, the parameter layout and
+the size and SHA-256 of every file). Validation reads only ``hdp.json`` and hashes the files, so a
+bad checkpoint is one clear line before any process starts; nothing here ever modifies a checkpoint
+except ``prune``, which runs only after a newer one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+MANIFEST = "hdp.json"
+FORMAT = "hdp-checkpoint/1"
+_NAME = re.compile(r"^step-(\d{6,})$")
+
+EXACT_FIELDS = ("model", "hf_model", "dtype", "seed", "global_batch_tokens", "max_seq_len", "lr", "weight_decay",
+                "max_grad_norm", "lr_schedule", "warmup_steps", "min_lr", "schedule_steps")
+"""Config fields a resumed run must share with the saved one for its losses to equal an uninterrupted run's."""
+
+
+def step_dir(save_dir: str, step: int) -> str:
+    return os.path.join(save_dir, f"step-{step:06d}")
+
+
+def complete_checkpoints(save_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the complete checkpoints in ``save_dir``, oldest first (``.tmp`` ones are ignored)."""
+    if not os.path.isdir(save_dir):
+        return []
+    found = []
+    for name in os.listdir(save_dir):
+        m = _NAME.match(name)
+        path = os.path.join(save_dir, name)
+        if m and os.path.isdir(path):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def resolve(path: str) -> str:
+    """``--resume PATH``: a checkpoint directory itself, or a save directory (its newest checkpoint)."""
+    if os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(os.path.join(path, ".metadata")):
+        return path
+    found = complete_checkpoints(path)
+    if not found:
+        what = "does not exist" if not os.path.exists(path) else "holds no complete checkpoint (step-NNNNNN/)"
+        raise ValueError(f"--resume {path!r} {what}: give a --save-dir of an earlier run or one of its step-* "
+                         "directories")
+    return found[-1][1]
+
+
+def file_digest(path: str) -> list[Any]:
+    """[size in bytes, sha256 hex] of one file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return [os.path.getsize(path), h.hexdigest()]
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The checked ``hdp.json`` of checkpoint ``path``: every file present with its recorded size and hash."""
+    where = f"checkpoint {path!r}"
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{where} is incomplete ({MANIFEST} missing): resume from an earlier step-* "
+                         "directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{where} is corrupt ({MANIFEST} unreadable: {e}): resume from an earlier step-* "
+                         "directory") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{where} is not an hdp checkpoint of format {FORMAT} ({MANIFEST} has "
+                         f"{str(manifest.get('format') if isinstance(manifest, dict) else manifest)[:40]!r})")
+    for name, (size, digest) in manifest["files"].items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise ValueError(f"{where} is incomplete: {name} is missing; resume from an earlier step-* directory")
+        actual = file_digest(file)
+        if actual[0] != size:
+            raise ValueError(f"{where} is truncated or corrupt: {name} has {actual[0]:,} bytes, {size:,} were "
+                             "written; resume from an earlier step-* directory")
+        if actual[1] != digest:
+            raise ValueError(f"{where} is corrupt: {name} does not match the SHA-256 recorded when it was written; "
+                             "resume from an earlier step-* directory")
+    return manifest
+
+
+def check_compatible(manifest: dict[str, Any], exact: dict[str, Any], layout: list[list[Any]] | None,
+                     data_id: str, path: str) -> None:
+    """Refuse a checkpoint whose model, layout, data or exactness-deciding config differs from this run's."""
+    saved = manifest["config"]
+    diffs = [f"{k} {saved.get(k)!r} (this run: {exact[k]!r})" for k in EXACT_FIELDS if saved.get(k) != exact.get(k)]
+    if diffs:
+        raise ValueError(f"checkpoint {path!r} was saved with an incompatible config: " + ", ".join(diffs[:3])
+                         + "; resume with the flags it was saved with (or start a new --save-dir)")
+    if manifest["data"] != data_id:
+        raise ValueError(f"checkpoint {path!r} was trained on other data ({manifest['data'][:16]}…, this --data "
+                         f"is {data_id[:16]}…): resume with the --data and --tokenizer it was saved with")
+    if layout is not None and manifest["layout"] != layout:
+        raise ValueError(f"checkpoint {path!r} holds another model's parameters ({len(manifest['layout'])} tensors, "
+                         f"{sum(e[2] for e in manifest['layout']):,} elements; this model: {len(layout)}, "
+                         f"{sum(e[2] for e in layout):,}): resume with the --model it was saved with")
+
+
+def write_manifest(tmp: str, manifest: dict[str, Any]) -> None:
+    """Record the digests of everything DCP wrote, then ``hdp.json`` itself (fsynced: the rename follows)."""
+    files = sorted(n for n in os.listdir(tmp) if n != MANIFEST)
+    manifest = {**manifest, "files": {n: file_digest(os.path.join(tmp, n)) for n in files}}
+    target = os.path.join(tmp, MANIFEST)
+    with open(target, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def publish(tmp: str, final: str) -> None:
+    """Rename the complete ``tmp`` into place (atomic on one file system)."""
+    if os.path.exists(final):  # a checkpoint of this step from an earlier attempt of the same run
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fd = os.open(os.path.dirname(final) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune(save_dir: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints."""
+    for _, path in complete_checkpoints(save_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def trim_jsonl(path: str | None, start_step: int) -> None:
+    """Keep only the lines of steps before ``start_step`` (a resumed run appends the rest again)."""
+    if not path or not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] < start_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut by the crash: everything after it is gone too
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def data_identity(doc_lengths) -> str:
+    """SHA-256 of the corpus's document lengths: the batches of every step follow from them and the seed."""
+    try:
+        import numpy as np
+
+        raw = np.asarray(doc_lengths, dtype=np.int64).tobytes()
+    except ImportError:  # pragma: no cover - numpy ships with the data extras
+        raw = ",".join(map(str, doc_lengths)).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def resume_source(resume: str | None, save_dir: str | None, restarted: bool) -> str | None:
+    """Where a run continues from: ``--resume``, else (after a restart) ``--save-dir``'s newest checkpoint.
+
+    A fresh run into a ``--save-dir`` that already holds checkpoints is refused rather than mixing two runs.
+    """
+    if resume:
+        return resolve(resume)
+    if save_dir and complete_checkpoints(save_dir):
+        if restarted:
+            return complete_checkpoints(save_dir)[-1][1]
+        raise ValueError(f"--save-dir {save_dir!r} already holds checkpoints: add --resume {save_dir} to continue "
+                         "that run, or choose an empty --save-dir")
+    return None
+
+
+def restarted_by_agent() -> bool:
+    """True in a process that torchrun's elastic agent restarted (TORCHELASTIC_RESTART_COUNT > 0)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
