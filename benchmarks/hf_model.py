@@ -30,7 +30,7 @@ from hdp.runtime.hf_export import llama_config
 from hdp.runtime.hf_model import HFCausalLM
 from hdp.runtime.model import build_model
 from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.worker import Run
+from hdp.runtime.training_run import Run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from hdp.runtime.doc_attention import doc_attention
 from hdp.runtime.launch import free_port
 from hdp.runtime.model import build_model
 from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.worker import Run
+from hdp.runtime.training_run import Run
 
 
 def packed_doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:

@@ -39,7 +39,7 @@ from hdp.runtime.layout import build_layout
 from hdp.runtime.model_source import build_train_model
 from hdp.runtime.ring_select import rings_by_algo, with_ring_algo
 from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.worker import Run
+from hdp.runtime.training_run import Run
 
 WORLD, GPN = 4, 2
 ALGOS = ("flat", "two-level", "bidirectional")

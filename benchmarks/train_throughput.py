@@ -22,7 +22,7 @@ import torch
 
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.launch import spawn
-from hdp.runtime.worker import Run
+from hdp.runtime.training_run import Run
 
 
 def measure(config: TrainConfig, nproc: int) -> dict:

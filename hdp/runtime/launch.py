@@ -73,7 +73,8 @@ def local_accelerators() -> int:
 
 def launch(config: TrainConfig, nproc: int) -> int:
     """Run training; returns the exit code (0 when every rank succeeded)."""
-    from hdp.runtime.worker import Run, env_rank, run_rank
+    from hdp.runtime.training_run import Run
+    from hdp.runtime.worker import env_rank, run_rank
 
     under = env_rank()
     if under is not None:

@@ -166,7 +166,7 @@ def test_a_skipped_step_leaves_parameters_and_optimizer_untouched():
     from hdp.runtime.config import TrainConfig
     from hdp.runtime.model_source import build_train_model
     from hdp.runtime.train_step import build_optimizer, train_step
-    from hdp.runtime.worker import Run
+    from hdp.runtime.training_run import Run
 
     cfg = TrainConfig(steps=2, global_batch_tokens=256, max_seq_len=128, dtype="float64", progress=False)
     run = Run.from_config(cfg, 1)
@@ -242,7 +242,7 @@ def test_divergent_plans_name_the_ranks_and_both_fingerprints_before_any_ring_st
     import multiprocessing as mp
 
     from hdp.runtime.launch import free_port, watch
-    from hdp.runtime.worker import Run
+    from hdp.runtime.training_run import Run
 
     seeds = (0, 1)  # rank 1 was given another seed: other data, another plan
     prints = [Run.from_config(divergent_config(s), 2).plan(0, 2).fingerprint[:15] for s in seeds]

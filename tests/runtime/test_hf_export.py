@@ -26,7 +26,7 @@ from hdp.plan import get_model  # noqa: E402
 from hdp.runtime.config import TrainConfig  # noqa: E402
 from hdp.runtime.model import build_model  # noqa: E402
 from hdp.runtime.train_step import build_optimizer, forward_backward, train_step  # noqa: E402
-from hdp.runtime.worker import Run  # noqa: E402
+from hdp.runtime.training_run import Run  # noqa: E402
 from tests.runtime.test_train_cli import hdp_train, read_metrics  # noqa: E402
 
 pytestmark = pytest.mark.dist
