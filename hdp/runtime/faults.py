@@ -8,7 +8,12 @@ fault table) can see what hdp does when a rank dies, hangs or produces a NaN.
 * ``hang``: stop in the step's first forward and never post its ring sends (a silent peer);
 * ``nan``: poison its gradient with NaN in the step's backward.
 
-The variable is read once at start-up. Unset (the normal case), nothing is installed: the step's
+``HDP_TEST_KILL=RANK:STEP:MARKER`` (``maybe_kill``, for restart tests and ``benchmarks/soak.py``):
+rank RANK SIGKILLs itself as step STEP begins, once — it first creates the file MARKER (holding the
+wall-clock time of the kill) and does nothing if MARKER exists, so the restarted run passes the same
+step; unset, it costs one environment lookup per step.
+
+``HDP_DEBUG_FAULT`` is read once at start-up. Unset (the normal case), nothing is installed: the step's
 hot path has no check at all. Each fault prints one ``hdp debug:`` line with a wall-clock time, so
 a test can measure how long the others take to notice.
 """
@@ -74,3 +79,22 @@ class Fault:
         self._announce("stops answering (never posts its ring sends)")
         while True:  # until the launcher stops it
             time.sleep(3600)
+
+
+KILL_ONCE_ENV = "HDP_TEST_KILL"
+
+
+def maybe_kill(rank: int, step: int) -> None:
+    spec = os.environ.get(KILL_ONCE_ENV)
+    if not spec:
+        return
+    r, s, marker = spec.split(":", 2)
+    if int(r) != rank or int(s) != step:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, f"{time.time()}\n".encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)

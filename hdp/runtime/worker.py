@@ -25,9 +25,9 @@ from hdp.runtime.lr_schedule import lr_at
 from hdp.runtime.memory_stats import memory_record
 from hdp.runtime.model_source import build_train_model
 from hdp.runtime.offload import ActivationOffloader
-from hdp.runtime.faults import Fault
+from hdp.runtime.faults import Fault, maybe_kill
 from hdp.runtime.peers import PeerError, collective, peer_cause
-from hdp.runtime.test_hooks import maybe_kill
+
 from hdp.runtime.train_step import StepResult, build_optimizer, train_step
 
 from hdp.runtime.report import Reporter, metrics_record, peak_tflops_for
@@ -73,25 +73,31 @@ def init_group(rank: int, world_size: int, device: torch.device, timeout_s: floa
                             device_id=device if device.type != "cpu" else None)
 
 
+def say(line: str) -> None:
+    """One line on stderr in one write: ranks that fail at once must not interleave their lines."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *, use_accelerator: bool) -> int:
     """Train on this rank; returns the process exit code (0 on success)."""
     try:
         return _train(config, rank, world_size, local_rank, use_accelerator)
     except ValueError as e:
-        print(f"hdp train: error: rank {rank}: {e}", file=sys.stderr, flush=True)
+        say(f"hdp train: error: rank {rank}: {e}")
         return EXIT_USER_ERROR
     except (dist.DistError, PeerError) as e:  # a peer died, hung or left: not a bug of ours
         cause = str(e) if isinstance(e, PeerError) else peer_cause(e)
-        print(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
-              f"{config.timeout_s:g} s: {cause}", file=sys.stderr, flush=True)
+        say(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
+            f"{config.timeout_s:g} s: {cause}")
         return EXIT_PEER_FAILURE
     except NonFiniteStep as e:  # every rank knows; one says it
         if rank == 0:
-            print(f"hdp train: error: {e}", file=sys.stderr, flush=True)
+            say(f"hdp train: error: {e}")
         return EXIT_NON_FINITE
     except KeyboardInterrupt:  # under torchrun the agent forwards Ctrl-C: one line, no traceback per rank
         if rank == 0:
-            print("hdp train: interrupted", file=sys.stderr, flush=True)
+            say("hdp train: interrupted")
         return EXIT_INTERRUPTED
     finally:
         if dist.is_initialized():
@@ -127,7 +133,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None
     try:
         for step in range(start_step, config.steps):
-            maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.test_hooks)
+            maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.faults)
             start = time.perf_counter()
             plan = run.plan(step, world_size)
             lr = lr_at(step, lr=config.lr, steps=config.lr_steps, schedule=config.lr_schedule,
@@ -178,7 +184,7 @@ def check_finite(result: StepResult, batch: Any, step: int, on_nan: str, rank: i
         raise NonFiniteStep(f"{what}: stopped before the update, so the last state is finite (--on-nan skip "
                             "would skip such steps)")
     if rank == 0:
-        print(f"hdp train: warning: {what}: update skipped (--on-nan skip)", file=sys.stderr, flush=True)
+        say(f"hdp train: warning: {what}: update skipped (--on-nan skip)")
     return True
 
 
