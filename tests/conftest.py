@@ -8,6 +8,7 @@ whole documents beside ring pieces.
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -137,3 +138,9 @@ def reference_step(model: torch.nn.Module, opt: torch.optim.Optimizer, docs: lis
     opt.step()
     return {"loss": float(loss.detach()), "grad_norm": float(norm), "grads": grads,
             "params": {name: p.detach().clone() for name, p in model.named_parameters()}}
+
+
+def read_jsonl(path) -> list[dict]:
+    """Every line of a JSONL file (metrics, --dump-batches) as a dict."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]

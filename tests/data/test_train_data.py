@@ -4,7 +4,6 @@ dump by a plain single-process model equals the metrics' loss)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from hdp.data.batches import BatchStream
 from hdp.data.load import load_training_data
 from hdp.plan import get_model
 from hdp.runtime.model import build_model
-from tests.conftest import plain_attention, reference_adamw, reference_step
+from tests.conftest import plain_attention, read_jsonl, reference_adamw, reference_step
 from tests.data import files
 
 pytestmark = pytest.mark.dist
@@ -30,11 +29,6 @@ def hdp(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "hdp.cli", *args], capture_output=True, text=True, timeout=150,
                           env=env, cwd=ROOT)
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ loss / grad norm do not depend on how many ranks train (whole sequences on 1 ran
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import sys
 import pytest
 
 from hdp.cli import main
+from tests.conftest import read_jsonl as read_metrics
 
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,11 +24,6 @@ def hdp_train(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "hdp.cli", "train", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
-
-
-def read_metrics(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.mark.timeout(120)
