@@ -14,6 +14,7 @@ from hdp.plan.balance import plan_balanced, plan_naive
 from hdp.plan.balance_measure import weights_for
 from hdp.plan.baselines import plan_pow2, plan_static
 from hdp.plan.cost import CostModel
+from hdp.plan.critical import widened_candidates
 from hdp.plan.draft import Draft
 from hdp.plan.estimate import time_bound
 from hdp.plan.sharding import Placement, PlanError, place
@@ -44,7 +45,9 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     balances pipelines. ``seed`` is recorded; planning is deterministic and breaks every tie by index.
     ``topology`` (ranks per node, ring algorithm, links; ``hdp.plan.topology``) makes the scheduler
     place rings by node and see their transfers, and records ``algo`` per ring and
-    ``gpus_per_node``; without it plans are as before (flat rings, no topology).
+    ``gpus_per_node``; without it plans are as before (flat rings, no topology). With a topology,
+    a strategy that widens (``hdp-wide``) keeps the fastest by the estimate of its fewest-ranks
+    plan and its widened ones (whole nodes, ``hdp.plan.critical``), so it is never predicted slower.
     """
     s = get_strategy(strategy)
     lengths = check_lengths(lengths)
@@ -57,10 +60,21 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
     placements = place_all(lengths, num_ranks, capacity, cost, s)
-    if topology is not None and s.layout == "fewest":
-        placements = node_aligned(lengths, placements, num_ranks, topology)
-    return plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
+    plan = plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                        topology=topology)
+    if topology is None or not s.widen:
+        return plan
+    # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
+    # critical rings (hdp.plan.critical).
+    aligned = node_aligned(lengths, placements, num_ranks, topology)
+    candidates = [] if aligned == placements else [aligned]
+    candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
+    for wide in candidates:
+        other = plan_placed(lengths, node_aligned(lengths, wide, num_ranks, topology), num_ranks, capacity,
+                            cost, s, max_len=max_len, seed=seed, topology=topology)
+        if other.predicted_step_time_s < plan.predicted_step_time_s:
+            plan = other
+    return plan
 
 
 def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, strategy: Strategy) -> list[Placement]:

@@ -32,6 +32,11 @@ class Strategy:
     offload_cap: bool = True
     """With ``offload``: take fewer ranks only while a sequence's per-rank time stays within the
     batch's no-offload bound (False: the paper's literal rule; benchmarks only)."""
+    widen: bool = False
+    """HDP layouts with a topology only: more ranks than the fewest where the planner's estimate
+    (ring transfers included) says the step gets shorter: whole nodes for two-level rings, wider
+    rings for the sequences that alone would set the step (``hdp.plan.critical``). Such plans do
+    not keep rule 4, so ``hdp`` itself never widens."""
     balance_by: BalanceBy = "work"
     """What the scheduler equalises: docs/plan-format.md's work measure, or cost-model time."""
     about: str = ""
@@ -39,7 +44,7 @@ class Strategy:
     def __post_init__(self) -> None:
         if self.layout not in ("fewest", "static", "pow2"):
             raise ValueError(f"strategy {self.name!r}: unknown layout {self.layout!r}")
-        if self.layout != "fewest" and (self.schedule or self.offload):
+        if self.layout != "fewest" and (self.schedule or self.offload or self.widen):
             raise ValueError(f"strategy {self.name!r}: only the fewest-ranks layout schedules or offloads")
         if self.balance_by not in ("work", "time"):
             raise ValueError(f"strategy {self.name!r}: balance_by must be work or time, got {self.balance_by!r}")
@@ -54,8 +59,10 @@ HDP_NAIVE = Strategy("hdp-naive", "fewest", about="fewest ranks per sequence, da
 HDP_OFFLOAD = Strategy("hdp-offload", "fewest", offload=True, about="hdp-naive + selective activation offloading")
 HDP = Strategy("hdp", "fewest", schedule=True, offload=True, about="hdp-offload + the balance scheduler (the method)")
 HDP_BALANCE = Strategy("hdp-balance", "fewest", schedule=True, about="the balance scheduler without offloading")
+HDP_WIDE = Strategy("hdp-wide", "fewest", schedule=True, offload=True, widen=True,
+                    about="hdp + more ranks than the fewest where it shortens the step (whole nodes, critical rings)")
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (STATIC, POW2, HDP_NAIVE, HDP_OFFLOAD, HDP, HDP_BALANCE)}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (STATIC, POW2, HDP_NAIVE, HDP_OFFLOAD, HDP, HDP_BALANCE, HDP_WIDE)}
 DEFAULT_STRATEGY = "hdp"
 _WITH_OFFLOAD = {"hdp-naive": "hdp-offload", "hdp-balance": "hdp"}
 

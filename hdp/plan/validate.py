@@ -1,7 +1,8 @@
 """Check a plan against rules 1-5 of docs/plan-format.md (rule 6, determinism, is a property of planners).
 
 Returns every violation found, so a test or a user sees all that is wrong at once; ``check_plan``
-raises with them. Rule 4 (fewest ranks) is checked for plans that say ``"fewest_ranks": true``.
+raises with them. Rule 4 (fewest ranks) is checked for plans of strategy ``hdp`` (the contract's
+rule 4) and for every plan that says ``"fewest_ranks": true``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
         return len(out) >= limit
 
     lengths = [s.length for s in plan.sequences]
-    fewest = plan.extra.get("fewest_ranks") is True
+    fewest = plan.strategy == "hdp" or plan.extra.get("fewest_ranks") is True
     covered: list[list[tuple[int, int]]] = [[] for _ in lengths]
     ring_homes: dict[int, list[tuple[int, int]]] = {r.id: [] for r in plan.rings}
     seq_ring = {}

@@ -15,6 +15,7 @@ from hdp.data.tokenizer import check_vocab
 from hdp.plan import build_cost_model, get_strategy, make_plan
 from hdp.plan.cost import CostModel
 from hdp.plan.sharding import num_offload_layers
+from hdp.plan.topology import Topology
 from hdp.plan.types import Plan
 from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.runtime.config import TrainConfig
@@ -52,9 +53,14 @@ class Run:
         return min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
 
     def _make_plan(self, lengths: list[int], num_ranks: int, capacity: int) -> Plan:
+        """With --gpus-per-node the planner places rings by node for --ring-algo and sees their
+        transfers (``hdp.plan.topology``), as ``hdp plan`` does; without it, as before."""
         c = self.config
+        topology = None
+        if c.gpus_per_node is not None:
+            topology = Topology(c.gpus_per_node, c.ring_algo or "flat", kv_heads=self.cost.model.num_kv_heads)
         return make_plan(lengths, num_ranks, capacity, self.cost, get_strategy(c.strategy, offload=c.offload),
-                         max_len=c.max_seq_len, seed=c.seed)
+                         max_len=c.max_seq_len, seed=c.seed, topology=topology)
 
     def plan(self, step: int, num_ranks: int) -> Plan:
         """The plan of ``step`` for ``num_ranks`` ranks (pure: same on every rank), with --ring-algo applied."""

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hdp.plan import Plan, make_plan
+from hdp.plan import Plan, get_strategy, make_plan
+from hdp.plan.planner import node_aligned, place_all, plan_placed
 from hdp.plan.topology import Topology, pick_members, ring_algo_for
 from hdp.plan.validate import violations
 
@@ -60,7 +61,7 @@ def test_two_level_gets_equal_members_per_node_when_a_divisor_fits():
     assert ring_algo_for([0, 1], Topology(8, "bidirectional", kv_heads=1)) == "flat"
 
 
-@pytest.mark.parametrize("strategy", ["hdp", "hdp-naive", "static", "pow2"])
+@pytest.mark.parametrize("strategy", ["hdp", "hdp-naive", "hdp-wide", "static", "pow2"])
 @pytest.mark.parametrize("algo", ["flat", "two-level", "bidirectional"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=batches(), rpn=st.sampled_from([2, 3, 4, 8]), big=st.booleans())
@@ -95,19 +96,32 @@ def test_without_a_topology_plans_are_unchanged_and_the_scheduler_places_rings_b
 
 def test_two_level_rings_wider_than_a_node_take_whole_nodes():
     lengths = [90_000, 45_000] + [3_000] * 40  # fewest ranks: 9 and 5 at C = 10,000
-    plan = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "two-level"))
-    sizes = {r.seq: r.size for r in plan.rings}
-    assert sizes[0] == 12 and sizes[1] == 8  # rounded up to whole nodes of 4
+    placements = place_all(lengths, 32, 10_000, COST_7B, get_strategy("hdp-balance"))
+    aligned = node_aligned(lengths, placements, 32, Topology(4, "two-level"))
+    assert [p.ranks for p in placements[:2]] == [9, 5] and [p.ranks for p in aligned[:2]] == [12, 8]
+    assert node_aligned(lengths, placements, 32, Topology(4, "flat")) == placements
+    plan = plan_placed(lengths, aligned, 32, 10_000, COST_7B, get_strategy("hdp-wide"),
+                       topology=Topology(4, "two-level"))
     assert all(r.algo == "two-level" for r in plan.rings if r.size > 4)
     assert "fewest_ranks" not in plan.extra and violations(plan) == []
-    flat = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "flat"))
-    assert {r.seq: r.size for r in flat.rings}[0] == 9 and flat.extra.get("fewest_ranks")
+
+
+def test_hdp_keeps_the_fewest_ranks_with_two_level_rings():
+    """Rule 4 holds for strategy hdp whatever the topology: no rounding up to whole nodes."""
+    lengths = [90_000, 45_000] + [3_000] * 40
+    plan = make_plan(lengths, 32, 10_000, COST_7B, "hdp-balance", topology=Topology(4, "two-level"))
+    assert {r.seq: r.size for r in plan.rings} == {0: 9, 1: 5} and plan.extra.get("fewest_ranks")
+    hdp = make_plan(lengths, 32, 10_000, COST_7B, "hdp", topology=Topology(4, "two-level"))
+    assert violations(hdp) == []  # the validator checks rule 4 for strategy hdp
 
 
 def test_whole_node_rings_grow_until_every_zigzag_member_fits():
     """35 tokens at capacity 5 need 7 ranks; 4 nodes of 2 would give a member 6 tokens (floor cuts),
     so the two-level ring takes the next multiple of the node that fits, or stays at 7."""
     topo = Topology(2, "two-level", kv_heads=COST.model.num_kv_heads)
-    plan = make_plan([35], 8, 5, COST, "hdp", topology=topo)
+    placements = place_all([35], 8, 5, COST, get_strategy("hdp-wide"))
+    assert [p.ranks for p in node_aligned([35], placements, 8, topo)] == [7]
+    assert [p.ranks for p in node_aligned([35], placements, 12, topo)] == [10]  # 8 would give one 6
+    plan = make_plan([35], 8, 5, COST, "hdp-wide", topology=topo)
     assert violations(plan) == []
     assert all(mb.num_tokens <= 5 for rp in plan.ranks for mb in rp.micro_batches)
