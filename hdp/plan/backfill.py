@@ -82,7 +82,7 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
     per_rank: list[list[Job]] = [[] for _ in range(num_ranks)]
     started: list[Job] = []
     free = list(range(num_ranks))  # heap of rank ids free now
-    busy: list[tuple[float, int]] = []  # heap of (finish, rank)
+    busy: list[tuple[float, int]] = []  # (finish, rank), sorted: the k-th to finish is busy[k - 1]
     clock = 0.0
 
     def run(job: Job, at: float, members: list[int]) -> float:
@@ -97,8 +97,10 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
         return at + job.time
 
     def release(until: float) -> None:
-        while busy and busy[0][0] <= until:
-            heapq.heappush(free, heapq.heappop(busy)[1])
+        j = bisect.bisect_right(busy, (until, num_ranks))
+        for _, r in busy[:j]:
+            heapq.heappush(free, r)
+        del busy[:j]
 
     pending = rings
     while pending:
@@ -115,12 +117,12 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
                 heapq.heapify(free)
             end = run(head, clock, members)
             for r in members:
-                heapq.heappush(busy, (end, r))
+                bisect.insort(busy, (end, r))
             continue
         need = head.ranks - len(free)
-        shadow = heapq.nsmallest(need, busy)[-1][0]
+        shadow = busy[need - 1][0]
         for end, r in _backfill(pending, locals_, free, clock, shadow, run, pick):
-            heapq.heappush(busy, (end, r))
+            bisect.insort(busy, (end, r))
         clock = shadow
 
     # No ring left: whole sequences largest first onto the rank that is free soonest.
@@ -144,7 +146,8 @@ def _backfill(pending: list[Job], locals_: _Locals, free: list[int], clock: floa
     ready = sorted(free)
     at = {r: clock for r in ready}
     # Smaller rings first (they need several ranks at once): the largest that fits, in queue order.
-    i = 1
+    # The queue is sorted by time, largest first: skip to the first ring that ends by the shadow.
+    i = bisect.bisect_left(pending, -window, lo=1, key=lambda j: -j.time)
     while i < len(pending) and len(ready) >= 2:
         job = pending[i]
         if job.ranks <= len(ready) and job.time <= window:
