@@ -74,7 +74,8 @@ class Reporter:
     """Rank 0's progress bar, metrics file and summary."""
 
     def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None,
-                 append: bool = False) -> None:
+                 append: bool = False, start_step: int = 0) -> None:
+        """``start_step`` > 0 (a resumed run): the bar starts at the steps already done."""
         self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
         self.devices: list[str] = []
@@ -90,7 +91,7 @@ class Reporter:
 
             self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("{task.description}"), TimeElapsedColumn())
-            self._task = self._progress.add_task("", total=config.steps)
+            self._task = self._progress.add_task("", total=config.steps, completed=start_step)
             self._progress.start()
 
     def step(self, record: dict[str, Any]) -> None:

@@ -111,3 +111,16 @@ def test_attention_metadata_is_built_once_per_micro_batch_and_shared_by_every_la
     forward_backward(model, plan, batch, 0, torch.device("cpu"), timeout_s=5.0)
     assert len(builds) == 2  # one per micro-batch
     assert seen == [builds[0]] * cfg.num_layers + [builds[1]] * cfg.num_layers
+
+
+def test_a_resumed_runs_progress_bar_starts_at_the_steps_already_done(tmp_path):
+    from hdp.runtime.config import TrainConfig
+    from hdp.runtime.report import Reporter
+
+    rep = Reporter(TrainConfig(steps=5, metrics=str(tmp_path / "m.jsonl")), enabled=True, append=True, start_step=3)
+    try:
+        assert rep._progress.tasks[0].completed == 3 and rep._progress.tasks[0].total == 5
+        rep.step({"step": 3, "loss": 1.0, "tokens_per_s": 10.0})
+        assert rep._progress.tasks[0].completed == 4
+    finally:
+        rep.close()
