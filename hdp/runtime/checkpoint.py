@@ -103,16 +103,18 @@ class Checkpointer:
                 dcp.save(state, checkpoint_id=tmp, process_group=self.group)
                 self._finish(step)
         except (OSError, CheckpointException) as e:
-            raise ValueError(f"writing checkpoint {tmp!r} failed ({str(e).strip()[:200]}): check --save-dir's "
-                             "space and permissions; the earlier checkpoints are kept") from None
+            raise _write_failed(tmp, e) from None
 
     def wait(self) -> None:
         """Complete the async save in flight, if any (before the next save and at the end of the run)."""
         if self._pending is not None:
             fut, step = self._pending
             self._pending = None
-            fut.result()
-            self._finish(step)
+            try:
+                fut.result()
+                self._finish(step)
+            except (OSError, CheckpointException) as e:
+                raise _write_failed(files.step_dir(self.config.save_dir, step) + ".tmp", e) from None
 
     def _finish(self, step: int) -> None:
         dist.barrier(group=self.group)  # every rank's file is written
@@ -181,3 +183,10 @@ def after_step(ckpt: Checkpointer | None, config: TrainConfig, done: int) -> Non
         return
     if done == config.steps or (config.save_every and done % config.save_every == 0):
         ckpt.save(done)
+
+
+def _write_failed(tmp: str, e: BaseException) -> ValueError:
+    """One line for a save that could not be written, synchronous or async alike."""
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ValueError(f"writing checkpoint {tmp!r} failed ({text}): check --save-dir's space and permissions; "
+                      "the earlier checkpoints are kept")

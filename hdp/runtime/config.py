@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,6 +134,8 @@ class TrainConfig:
             raise ValueError("--save-every needs --save-dir and must be >= 1")
         if self.keep < 1 or self.max_restarts < 0:
             raise ValueError(f"--keep must be >= 1 and --max-restarts >= 0, got {self.keep} and {self.max_restarts}")
+        if self.save_dir:
+            _check_save_dir(self.save_dir)
         if self.max_restarts and not self.save_dir:
             raise ValueError("--max-restarts needs --save-dir: restarts resume from its newest checkpoint")
         if self.schedule_steps is not None and self.schedule_steps < 1:
@@ -154,3 +157,15 @@ class TrainConfig:
     @property
     def final_lr(self) -> float:
         return self.min_lr if self.min_lr is not None else self.lr / 10
+
+
+def _check_save_dir(path: str) -> None:
+    """--save-dir must be a directory we can create or write into: found before any rank starts, not at
+    the first save."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--save-dir {path!r} is a file: give a directory (created if missing)")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--save-dir {path!r}: {parent!r} is not a writable directory; choose another --save-dir")

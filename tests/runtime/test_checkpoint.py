@@ -187,3 +187,16 @@ def test_torchrun_restart_resumes_from_the_newest_checkpoint(reference, tmp_path
     assert marker.exists() and [r["step"] for r in got] == list(range(N))
     for r, want in zip(got, ref, strict=True):  # 2 ranks vs the 3-rank reference: summation order only
         assert r["loss"] == pytest.approx(want["loss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("sub, message", [("", "is a file: give a directory"), ("x", "is not a writable directory")])
+def test_a_save_dir_that_cannot_be_one_is_refused_before_any_rank_starts(tmp_path, capsys, sub, message):
+    from hdp.cli import main
+
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    path = str(target / sub) if sub else str(target)
+    assert main(["train", "--steps", "1", "--save-dir", path, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert target.read_text() == "keep me"
