@@ -86,6 +86,23 @@ def time_bound(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
     return bound_from_items(items, num_ranks, stages)
 
 
+def area_floor(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel) -> float:
+    """A bound for every plan of every strategy, in cost-model seconds: each sequence's compute
+    rank-seconds at the fewest ranks the most offloading allows, spread evenly over all ranks.
+
+    ``time_bound`` covers fewest-ranks plans only (static, pow2 and hdp-wide give rings more ranks
+    and can fall below it). Rank-seconds only grow with more ranks (smaller blocks and shares run at
+    a lower measured efficiency), so no plan does less compute; the floor is loose where a long
+    sequence cannot finish in time on so few ranks."""
+    from hdp.plan.sharding import place
+
+    total = 0.0
+    for n in lengths:
+        k = place(n, capacity, cost, offload=True).ranks
+        total += k * cost.seq_time(n, k)
+    return total / num_ranks
+
+
 def _with_ring_transfers(plan: Plan, cost: CostModel, topology: "Topology", times: list[list[float]]) -> list[list[float]]:
     """``times`` plus each ring micro-batch's exposed ring transfers (each ring alone)."""
     from hdp.plan.ringcomm import links_of, member_exposure_s

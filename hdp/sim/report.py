@@ -22,6 +22,7 @@ def summarise(results: list[StepResult], gpus: int, peak_tflops: float, planning
     flops = sum(r.model_flops for r in results) / n
     tflops = flops / (step * gpus) / 1e12
     bound = sum(r.lower_bound_s for r in results) / n
+    floor = sum(r.area_floor_s for r in results) / n
     by_algo: dict[str, float] = {}
     by_size: dict[str, float] = {}
     for r in results:
@@ -46,6 +47,8 @@ def summarise(results: list[StepResult], gpus: int, peak_tflops: float, planning
         "grad_sync_s": sum(r.grad_sync_s for r in results) / n,
         "lower_bound_s": bound,
         "gap_to_lower_bound": step / bound if bound else 1.0,
+        "area_floor_s": floor,
+        "gap_to_area_floor": step / floor if floor else 1.0,
         "planning_time_s": planning_time_s,
         "max_ring": max_ring,
         "rings": num_rings,

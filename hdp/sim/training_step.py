@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
-from hdp.plan.estimate import time_bound
+from hdp.plan.estimate import area_floor, time_bound
 from hdp.plan.replay import replay
 from hdp.plan.types import Plan
 from hdp.sim.cluster import Cluster
@@ -40,6 +40,8 @@ class StepResult:
     step_time_s: float
     grad_sync_s: float
     lower_bound_s: float
+    area_floor_s: float
+    """``hdp.plan.estimate.area_floor`` plus the gradient sync: a bound for every strategy."""
     """Plan-independent bound: compute of every sequence on ceil(L / C) ranks (docs/plan-format.md),
     with the pipeline drain when pp > 1, + sync."""
     ranks: tuple[RankBreakdown, ...]
@@ -107,6 +109,7 @@ def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster) -> StepResult:
         grad_sync_s=sync,
         lower_bound_s=time_bound([s.length for s in plan.sequences], plan.num_ranks, plan.capacity_tokens, cost,
                                  cluster.pp) + sync,
+        area_floor_s=area_floor([s.length for s in plan.sequences], plan.num_ranks, plan.capacity_tokens, cost) + sync,
         ranks=tuple(ranks),
         starts=rep.starts,
         times=tuple(times),

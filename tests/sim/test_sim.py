@@ -139,6 +139,23 @@ def test_all_strategies_json(capsys):
             assert row["step_time_s"] > row["lower_bound_s"]
 
 
+@pytest.mark.parametrize("dist", ["byted", "github"])
+def test_the_area_floor_bounds_every_strategy_and_lies_under_the_fewest_ranks_bound(dist):
+    from hdp.data.synthetic import sample_lengths
+    from hdp.sim.compare import simulate
+
+    cluster = Cluster(128)
+    capacity = COST.derived_capacity(cluster.num_ranks)
+    lengths = sample_lengths(dist, 2**22, 2**19, 1)
+    sim = simulate([lengths], cluster, COST, capacity, ["static", "pow2", "hdp", "hdp-wide"], 2**19,
+                   ring_algo="two-level")
+    for name, row in sim.table.items():
+        assert row["area_floor_s"] <= row["step_time_s"], name
+        assert row["area_floor_s"] <= row["lower_bound_s"], name
+        assert row["gap_to_area_floor"] == pytest.approx(row["step_time_s"] / row["area_floor_s"])
+    assert len({row["area_floor_s"] for row in sim.table.values()}) == 1  # plan-independent
+
+
 def test_a_strategy_that_cannot_hold_the_batch_is_skipped_with_a_note(capsys):
     code, out, _ = run_cli(capsys, "--gpus", "64", "--tokens", "4000000", "--max-len", "2097152", "--json")
     assert code == 0
