@@ -7,18 +7,19 @@ saved sit idle at the end. A ring's compute divides over its members (zig-zag: e
 such a sequence loses nothing by taking more ranks as long as its transfers stay hidden (the ring
 algorithm's exposure, ``hdp.plan.ringcomm``) and the rings still run side by side.
 
-``widen_critical`` finds the smallest target step time T for which
+``Widening`` finds the smallest target step time T for which
 
-* every sequence has a ring size k (its fewest ranks, or more) with per-member time t(k) <= T
+* every long sequence has a ring size k (its fewest ranks, or more) with per-member time t(k) <= T
   (compute + micro-batch overhead + exposed transfers for the shape it will get),
 * the rank-seconds fit: sum k t(k) <= N T, and
 * the items longer than T / 2, which cannot follow one another on a rank within T, fit side by
   side: their k add up to at most N,
 
 and gives each sequence the smallest such k (whole nodes for two-level rings), holding the fewest
-offloaded layers that k still needs. ``make_plan`` keeps whichever of this plan and the fewest-ranks
-plan its estimate (ring transfers included) says is faster, so it never makes a step slower than
-the fewest-ranks plan by the planner's own model. Such plans do not claim ``fewest_ranks``.
+offloaded layers that k still needs. ``widened_candidates`` returns that and a few looser targets;
+``make_plan`` (strategy ``hdp-wide``) keeps the fastest of them and the fewest-ranks plan by its
+estimate (ring transfers included), so it is never predicted slower than ``hdp``. Such plans do not
+claim ``fewest_ranks``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class _Frontier:
 
     def smallest_within(self, target: float) -> int | None:
         """Index of the smallest ring size whose time is at most ``target`` (None: none is)."""
-        i = bisect.bisect_left([-t for t in self.ts], -target)
+        i = bisect.bisect_left(self.ts, -target, key=lambda t: -t)
         return i if i < len(self.ks) else None
 
 
@@ -122,7 +123,7 @@ class Widening:
         base_t = [member_time(cost, topology, n, p.ranks) for n, p in zip(lengths, placements)]
         area = sum(p.ranks * t for p, t in zip(placements, base_t))
         self.mean = area / num_ranks
-        """The base placements' rank-seconds per rank: no step is shorter."""
+        """The base placements' rank-seconds per rank: where the target search starts."""
         self.longest = max(base_t)
         """The base placements' longest per-member time."""
         self.long = [i for i, t in enumerate(base_t) if t > self.mean]

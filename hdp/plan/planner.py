@@ -70,8 +70,8 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     candidates = [] if aligned == placements else [aligned]
     candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
     for wide in candidates:
-        other = plan_placed(lengths, node_aligned(lengths, wide, num_ranks, topology), num_ranks, capacity,
-                            cost, s, max_len=max_len, seed=seed, topology=topology)
+        other = plan_placed(lengths, wide, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
+                            topology=topology)
         if other.predicted_step_time_s < plan.predicted_step_time_s:
             plan = other
     return plan

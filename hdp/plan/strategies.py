@@ -45,7 +45,7 @@ class Strategy:
         if self.layout not in ("fewest", "static", "pow2"):
             raise ValueError(f"strategy {self.name!r}: unknown layout {self.layout!r}")
         if self.layout != "fewest" and (self.schedule or self.offload or self.widen):
-            raise ValueError(f"strategy {self.name!r}: only the fewest-ranks layout schedules or offloads")
+            raise ValueError(f"strategy {self.name!r}: only the fewest-ranks layout schedules, offloads or widens")
         if self.balance_by not in ("work", "time"):
             raise ValueError(f"strategy {self.name!r}: balance_by must be work or time, got {self.balance_by!r}")
 
