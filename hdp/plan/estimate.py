@@ -7,6 +7,7 @@ communication, offload copies, pipeline bubbles, gradient sync).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from hdp.plan.cost import CostModel
@@ -78,7 +79,14 @@ def estimate(plan: Plan, cost: CostModel, topology: "Topology | None" = None) ->
 def time_bound(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, stages: int = 1) -> float:
     """The plan-independent bound in cost-model seconds (docs/plan-format.md): every sequence on
     ceil(L / C) ranks without offloading, compute only, no per-micro-batch overhead; with
-    ``stages`` > 1, the pipeline drain of the heaviest items (``bound_from_items``)."""
+    ``stages`` > 1, the pipeline drain of the heaviest items (``bound_from_items``).
+
+    Cached: the planner asks for it once for the offload cap and once per candidate plan."""
+    return _time_bound(tuple(lengths), num_ranks, capacity, cost, stages)
+
+
+@functools.lru_cache(maxsize=8)
+def _time_bound(lengths: tuple[int, ...], num_ranks: int, capacity: int, cost: CostModel, stages: int) -> float:
     items = []
     for n in lengths:
         k = -(-n // capacity)

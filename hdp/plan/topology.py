@@ -18,7 +18,7 @@ is what the runtime's two-level ring assumes (docs/plan-format.md, fields hdp ad
 
 from __future__ import annotations
 
-from collections import defaultdict
+import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -106,9 +106,7 @@ def pick_members(free: list[int], k: int, topo: Topology) -> list[int]:
     rpn = topo.ranks_per_node
     if rpn <= 1 or k >= len(free):
         return sorted(free)[:k]
-    by_node: dict[int, list[int]] = defaultdict(list)
-    for r in sorted(free):
-        by_node[r // rpn].append(r)
+    by_node = _free_by_node(sorted(free), rpn)
     if k <= rpn:
         fits = [n for n, rs in by_node.items() if len(rs) >= k]
         if fits:
@@ -122,6 +120,19 @@ def pick_members(free: list[int], k: int, topo: Topology) -> list[int]:
             if len(fits) >= k // g:
                 return sorted(r for n in fits[:k // g] for r in by_node[n][:g])
     return sorted(_greedy(by_node, k))
+
+
+def _free_by_node(ranks: list[int], rpn: int) -> dict[int, list[int]]:
+    """Sorted ``ranks`` grouped by node, nodes in order: one slice per node (thousands of ranks are
+    free at once on large clusters; a Python step per rank made this the planner's hot spot)."""
+    out: dict[int, list[int]] = {}
+    i = 0
+    while i < len(ranks):
+        node = ranks[i] // rpn
+        j = bisect.bisect_left(ranks, (node + 1) * rpn, i)
+        out[node] = ranks[i:j]
+        i = j
+    return out
 
 
 def _greedy(by_node: dict[int, list[int]], k: int) -> list[int]:
