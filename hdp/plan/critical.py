@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 from hdp.plan.cost import CostModel
 from hdp.plan.ringcomm import links_of, member_exposure_s
-from hdp.plan.sharding import Placement, offload_token_limit
+from hdp.plan.sharding import Placement, hold
 from hdp.plan.topology import Topology
-from hdp.plan.zigzag import max_member_tokens
 
 LADDER = (1.0, 1.04, 1.08, 1.12)
 """Targets tried, as multiples of the smallest feasible one."""
@@ -58,35 +57,25 @@ class _Frontier:
 
 def member_time(cost: CostModel, topology: Topology, length: int, k: int) -> float:
     """Per-member seconds of a sequence on k ranks: compute, micro-batch overhead, and the exposed
-    transfers of the shape the planner gives it (one node when it fits, else whole nodes: two-level
-    rings on m x g, flat and bidirectional rings over ceil(k / g) nodes)."""
+    transfers of the shape the planner gives it on free nodes (``topology.pick_members``): one node
+    when it fits; two-level rings on m x g with g the largest divisor of k up to the node size
+    (m >= 2), flat when there is none; flat and bidirectional rings over ceil(k / node) nodes."""
     t = cost.seq_time(length, k) + cost.micro_batch_overhead(k)
     if k <= 1:
         return t
-    g = topology.ranks_per_node
-    nodes = max(1, math.ceil(k / g))
-    algo = topology.ring_algo
+    node = topology.ranks_per_node
+    algo, nodes, per_node = topology.ring_algo, max(1, math.ceil(k / node)), 0
     if algo == "bidirectional" and topology.kv_heads < 2:
         algo = "flat"
-    per_node = g if algo == "two-level" and nodes >= 2 and k % g == 0 else 0
-    if algo == "two-level" and not per_node:
-        algo = "flat"
+    if algo == "two-level" and k > node:
+        per_node = next((g for g in range(min(node, k // 2), 1, -1) if k % g == 0), 0)
+        if per_node:
+            nodes = k // per_node
+        else:
+            algo = "flat"
+    elif algo == "two-level":
+        algo = "flat"  # inside one node the inner ring is the ring
     return t + member_exposure_s(cost, length, k, algo, nodes, per_node, links_of(topology))
-
-
-def hold(length: int, k: int, capacity: int, cost: CostModel, base: Placement) -> Placement | None:
-    """Sequence ``length`` on k >= base.ranks ranks with the fewest offloaded layers that hold it
-    (never more than ``base`` offloads); None when the zig-zag floor cuts give a member more tokens
-    than even that holds (rule 3)."""
-    need = max_member_tokens(length, k) if k > 1 else length
-    if need <= capacity:
-        return Placement(k, capacity)
-    middle = cost.layers - 2
-    for j in range(1, base.offload_layers + 1):
-        limit = offload_token_limit(capacity, cost.layers, j / middle)
-        if need <= limit:
-            return Placement(k, limit, j, middle)
-    return None
 
 
 def _sizes(start: int, num_ranks: int, node: int) -> list[int]:
@@ -107,7 +96,7 @@ def _frontier(cost: CostModel, topology: Topology, length: int, base: Placement,
     ks, ts, held = [base.ranks], [member_time(cost, topology, length, base.ranks)], [base]
     for k in _sizes(base.ranks, num_ranks, node)[1:]:
         t = member_time(cost, topology, length, k)
-        if t < ts[-1] and (p := hold(length, k, capacity, cost, base)) is not None:
+        if t < ts[-1] and (p := hold(length, k, capacity, cost, base.offload_layers)) is not None:
             ks.append(k)
             ts.append(t)
             held.append(p)

@@ -7,7 +7,6 @@ try other placements call the two steps themselves.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 from hdp.plan.balance import plan_balanced, plan_naive
@@ -20,8 +19,9 @@ from hdp.plan.estimate import time_bound
 from hdp.plan.sharding import Placement, PlanError, place
 from hdp.plan.strategies import Strategy, get_strategy
 from hdp.plan.topology import Topology, pick_members, ring_stretch
+from hdp.plan.whole_nodes import round_down, round_up
 from hdp.plan.types import Plan
-from hdp.plan.zigzag import max_member_tokens, ranks_needed
+from hdp.plan.zigzag import ranks_needed
 
 
 def check_lengths(lengths: Sequence[object]) -> list[int]:
@@ -60,13 +60,16 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
     placements = place_all(lengths, num_ranks, capacity, cost, s)
+    if topology is not None and s.offload:  # whole nodes by offloading a layer more (rule 4 holds)
+        cap = time_bound(lengths, num_ranks, capacity, cost) if s.offload_cap else None
+        placements = round_down(lengths, placements, capacity, cost, topology, cap)
     plan = plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                        topology=topology)
     if topology is None or not s.widen:
         return plan
     # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
     # critical rings (hdp.plan.critical).
-    aligned = node_aligned(lengths, placements, num_ranks, topology)
+    aligned = round_up(lengths, placements, num_ranks, topology)
     candidates = [] if aligned == placements else [aligned]
     candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
     for wide in candidates:
@@ -87,29 +90,6 @@ def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel
         if p.ranks > num_ranks:
             _too_long(i, lengths[i], p.ranks, num_ranks, capacity, strategy)
     return placements
-
-
-def node_aligned(lengths: Sequence[int], placements: list[Placement], num_ranks: int,
-                 topology: Topology) -> list[Placement]:
-    """With two-level rings, a ring wider than a node gets whole nodes: its size rounds up to a
-    multiple of the node (fewer tokens each). A ring of prime or awkward size otherwise finds no
-    m x g layout once ranks are fragmented, falls back to a flat ring and exposes its transfers; the
-    plan then no longer claims ``fewest_ranks``. The zig-zag floor cuts can give a member of the
-    wider ring one token more than ceil(L/k), so the size grows by whole nodes until every member
-    fits its token limit (or the ring keeps its fewest ranks when no multiple fits the pool)."""
-    if topology.ring_algo != "two-level" or topology.ranks_per_node < 2:
-        return placements
-    g = topology.ranks_per_node
-    out = []
-    for length, p in zip(lengths, placements, strict=True):
-        if p.ranks > g and p.ranks % g:
-            k = -(-p.ranks // g) * g
-            while k <= num_ranks and max_member_tokens(length, k) > p.token_limit:
-                k += g
-            if k <= num_ranks:
-                p = dataclasses.replace(p, ranks=k)
-        out.append(p)
-    return out
 
 
 def _too_long(i: int, length: int, need: int, num_ranks: int, capacity: int, strategy: Strategy) -> None:

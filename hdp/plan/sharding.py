@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from hdp.plan.cost import CostModel
-from hdp.plan.zigzag import ranks_needed
+from hdp.plan.zigzag import max_member_tokens, ranks_needed
 
 
 class PlanError(ValueError):
@@ -84,24 +84,47 @@ def offloaded_layers(num_offloaded: int, num_layers: int) -> tuple[int, ...]:
     return tuple(1 + (t * middle) // num_offloaded for t in range(num_offloaded))
 
 
+def max_offload_layers(length: int, capacity: int, cost: CostModel) -> int:
+    """The most middle layers a sequence may offload: the copies must hide under the forward compute
+    (CostModel.max_offload_ratio) and the host of one device must hold the offloaded layers of the
+    tokens one rank then takes (DeviceProfile.host_mem_gib)."""
+    middle = cost.layers - 2
+    if middle <= 0:
+        return 0
+    j_max = math.floor(cost.max_offload_ratio(length) * middle + 1e-9)
+    host = cost.device.host_mem_gib * 2**30
+    while j_max > 0 and j_max * cost.act_bytes(min(length, offload_token_limit(capacity, cost.layers, j_max / middle))) > host:
+        j_max -= 1
+    return j_max
+
+
+def hold(length: int, k: int, capacity: int, cost: CostModel, max_layers: int) -> Placement | None:
+    """The sequence on k ranks with the fewest offloaded layers (at most ``max_layers``) whose token
+    limit holds its largest zig-zag member; None when none does (rule 3)."""
+    need = max_member_tokens(length, k) if k > 1 else length
+    if need <= capacity:
+        return Placement(k, capacity)
+    middle = cost.layers - 2
+    for j in range(1, max_layers + 1):
+        limit = offload_token_limit(capacity, cost.layers, j / middle)
+        if need <= limit:
+            return Placement(k, limit, j, middle)
+    return None
+
+
 def place(length: int, capacity: int, cost: CostModel | None = None, offload: bool = False,
           time_cap: float | None = None) -> Placement:
     """The fewest ranks for a sequence; with ``offload``, the fewest whole layers j that achieve them.
 
-    The ratio is limited by the copies hiding under the forward compute (CostModel.max_offload_ratio)
-    and by the host memory of one device (DeviceProfile.host_mem_gib), and quantised to whole
-    layers: r = j / (l - 2). With ``time_cap``, fewer ranks are taken only while the sequence's
-    per-rank time stays within it (fewer ranks mean more time per rank).
+    The ratio is limited by ``max_offload_layers`` and quantised to whole layers: r = j / (l - 2).
+    With ``time_cap``, fewer ranks are taken only while the sequence's per-rank time stays within it
+    (fewer ranks mean more time per rank).
     """
     best = Placement(ranks_needed(length, capacity), capacity)
     if not offload or length <= capacity or cost is None or cost.layers <= 2:
         return best
     middle = cost.layers - 2
-    j_max = math.floor(cost.max_offload_ratio(length) * middle + 1e-9)
-    host = cost.device.host_mem_gib * 2**30
-    while j_max > 0 and j_max * cost.act_bytes(min(length, offload_token_limit(capacity, cost.layers, j_max / middle))) > host:
-        j_max -= 1  # the host must hold j offloaded layers of the tokens one rank then takes
-    for j in range(1, j_max + 1):  # the least offloading for each smaller rank count
+    for j in range(1, max_offload_layers(length, capacity, cost) + 1):  # the least offloading per rank count
         limit = offload_token_limit(capacity, cost.layers, j / middle)
         k = ranks_needed(length, limit)
         if k < best.ranks and (time_cap is None or cost.seq_time(length, k) <= time_cap):

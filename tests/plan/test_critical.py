@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hdp.plan import get_strategy, make_plan
-from hdp.plan.critical import Widening, hold, member_time
-from hdp.plan.planner import node_aligned, place_all
+from hdp.plan.critical import Widening, member_time
+from hdp.plan.sharding import hold
+from hdp.plan.planner import place_all
+from hdp.plan.whole_nodes import round_up
 from hdp.plan.sharding import Placement, place
 from hdp.plan.topology import Topology
 from hdp.plan.validate import violations
@@ -52,7 +54,7 @@ def test_the_target_is_the_smallest_that_meets_the_conditions():
     """Checked with member_time directly: each long sequence within T, rank-seconds within N T,
     items over T / 2 side by side within N; 0.5% below T some condition fails."""
     n = 64
-    base = node_aligned(LENGTHS, place_all(LENGTHS, n, 10_000, COST_7B, get_strategy("hdp-wide")), n, TOPO)
+    base = round_up(LENGTHS, place_all(LENGTHS, n, 10_000, COST_7B, get_strategy("hdp-wide")), n, TOPO)
     w = Widening(LENGTHS, base, n, 10_000, COST_7B, TOPO)
     target = w.target()
     assert target is not None and w.mean <= target < w.longest
@@ -70,12 +72,12 @@ def test_more_ranks_offload_fewer_layers_and_every_member_fits():
     base = place(400_000, 10_000, COST_7B, offload=True)
     assert base.offload_layers > 0
     for k in (base.ranks + 1, 2 * base.ranks, 40, 41):
-        p = hold(400_000, k, 10_000, COST_7B, base)
+        p = hold(400_000, k, 10_000, COST_7B, base.offload_layers)
         assert p is not None and p.ranks == k and p.offload_layers <= base.offload_layers
         assert max_member_tokens(400_000, k) <= p.token_limit
-    assert hold(400_000, 40, 10_000, COST_7B, base) == Placement(40, 10_000)
+    assert hold(400_000, 40, 10_000, COST_7B, base.offload_layers) == Placement(40, 10_000)
     # 35 tokens at capacity 5: 8 members would give one 6 tokens, and the tiny model cannot offload.
-    assert hold(35, 8, 5, COST, Placement(7, 5)) is None
+    assert hold(35, 8, 5, COST, 0) is None
 
 
 @pytest.mark.parametrize("algo", ["flat", "two-level", "bidirectional"])

@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hdp.plan import Plan, get_strategy, make_plan
-from hdp.plan.planner import node_aligned, place_all, plan_placed
+from hdp.plan.planner import place_all, plan_placed
+from hdp.plan.whole_nodes import round_up
 from hdp.plan.topology import Topology, pick_members, ring_algo_for
 from hdp.plan.validate import violations
+from hdp.plan.zigzag import max_member_tokens
 
 from .conftest import COST, COST_7B, batches
 from .test_rules import fits
@@ -97,9 +99,9 @@ def test_without_a_topology_plans_are_unchanged_and_the_scheduler_places_rings_b
 def test_two_level_rings_wider_than_a_node_take_whole_nodes():
     lengths = [90_000, 45_000] + [3_000] * 40  # fewest ranks: 9 and 5 at C = 10,000
     placements = place_all(lengths, 32, 10_000, COST_7B, get_strategy("hdp-balance"))
-    aligned = node_aligned(lengths, placements, 32, Topology(4, "two-level"))
+    aligned = round_up(lengths, placements, 32, Topology(4, "two-level"))
     assert [p.ranks for p in placements[:2]] == [9, 5] and [p.ranks for p in aligned[:2]] == [12, 8]
-    assert node_aligned(lengths, placements, 32, Topology(4, "flat")) == placements
+    assert round_up(lengths, placements, 32, Topology(4, "flat")) == placements
     plan = plan_placed(lengths, aligned, 32, 10_000, COST_7B, get_strategy("hdp-wide"),
                        topology=Topology(4, "two-level"))
     assert all(r.algo == "two-level" for r in plan.rings if r.size > 4)
@@ -120,8 +122,25 @@ def test_whole_node_rings_grow_until_every_zigzag_member_fits():
     so the two-level ring takes the next multiple of the node that fits, or stays at 7."""
     topo = Topology(2, "two-level", kv_heads=COST.model.num_kv_heads)
     placements = place_all([35], 8, 5, COST, get_strategy("hdp-wide"))
-    assert [p.ranks for p in node_aligned([35], placements, 8, topo)] == [7]
-    assert [p.ranks for p in node_aligned([35], placements, 12, topo)] == [10]  # 8 would give one 6
+    assert [p.ranks for p in round_up([35], placements, 8, topo)] == [7]
+    assert [p.ranks for p in round_up([35], placements, 12, topo)] == [10]  # 8 would give one 6
     plan = make_plan([35], 8, 5, COST, "hdp-wide", topology=topo)
     assert violations(plan) == []
     assert all(mb.num_tokens <= 5 for rp in plan.ranks for mb in rp.micro_batches)
+
+
+def test_hdp_takes_whole_nodes_by_offloading_one_layer_and_keeps_rule_4():
+    """165,000 tokens need 17 ranks at C = 10,000 (prime: no two-level layout, a flat ring over 3
+    nodes); one offloaded layer holds them on 16 = 2 nodes x 8, and the token limit is the largest
+    member's tokens, so 16 is the fewest ranks for it."""
+    lengths = [165_000] + [3_000] * 100
+    topo = Topology(8, "two-level", kv_heads=COST_7B.model.num_kv_heads)
+    plan = make_plan(lengths, 64, 10_000, COST_7B, "hdp", topology=topo)
+    (ring,) = [r for r in plan.rings if r.seq == 0]
+    held = {(mb.offload_layers, mb.token_limit) for rp in plan.ranks for mb in rp.micro_batches if ring.id in mb.rings}
+    assert ring.size == 16 and ring.algo == "two-level"
+    assert held == {(1, max_member_tokens(165_000, 16))} and max_member_tokens(165_000, 16) == 10_313
+    assert violations(plan) == [] and plan.extra.get("fewest_ranks")  # rule 4, checked exactly
+    flat = make_plan(lengths, 64, 10_000, COST_7B, "hdp", topology=Topology(8, "flat"))
+    assert {r.seq: r.size for r in flat.rings}[0] == 17
+    assert plan.predicted_step_time_s < flat.predicted_step_time_s
