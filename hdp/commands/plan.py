@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     with_strategy_table(p)
 
 
-def summary(plan: Plan, planning_time_s: float) -> dict[str, object]:
+def summary(plan: Plan, planning_time_s: float, area_floor_s: float | None = None) -> dict[str, object]:
+    """The summary ``hdp plan`` prints; ``area_floor_s`` (``hdp.plan.estimate.area_floor``) bounds
+    plans of every strategy, where ``lower_bound_s`` bounds fewest-ranks plans only."""
     counts = [len(rp.micro_batches) for rp in plan.ranks]
     ranks_by_ring: dict[str, int] = {}
     for size, num in plan.ring_sizes().items():
@@ -70,6 +72,7 @@ def summary(plan: Plan, planning_time_s: float) -> dict[str, object]:
         "predicted_step_time_s": plan.predicted_step_time_s,
         "lower_bound_s": plan.lower_bound_s,
         "ratio": plan.predicted_step_time_s / plan.lower_bound_s if plan.lower_bound_s else 1.0,
+        **({"area_floor_s": area_floor_s} if area_floor_s is not None else {}),
         "rings": len(plan.rings),
         "max_ring": plan.max_ring,
         "rings_by_size": {str(k): v for k, v in plan.ring_sizes().items()},
@@ -111,6 +114,8 @@ def print_summary(info: dict[str, object]) -> None:
     t.add_row("predicted step time", f"{info['predicted_step_time_s']:.3f} s")
     t.add_row("lower bound (fewest ranks, no offload)", f"{info['lower_bound_s']:.3f} s")
     t.add_row("ratio", f"{info['ratio']:.3f}")
+    if "area_floor_s" in info:
+        t.add_row("area floor (any strategy)", f"{info['area_floor_s']:.3f} s")
     t.add_row("planning time", f"{info['planning_time_s'] * 1e3:.1f} ms")
     Console(stderr=False).print(t)
 
@@ -149,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)
     if args.gpus_per_node < 1:
         raise ValueError(f"--gpus-per-node must be >= 1, got {args.gpus_per_node}")
+    from hdp.plan.estimate import area_floor
     from hdp.plan.topology import Topology
 
     topology = Topology(max(1, args.gpus_per_node // args.pp), args.ring_algo, kv_heads=cost.model.num_kv_heads)
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             write_atomically(args.out, plan.to_json())
         except OSError as e:
             raise ValueError(f"cannot write {args.out!r}: {e.strerror or e}") from None
-    info = summary(plan, planning_time)
+    info = summary(plan, planning_time, area_floor(lengths, args.ranks, capacity, cost))
     if args.json:
         json.dump(info, sys.stdout)
         sys.stdout.write("\n")

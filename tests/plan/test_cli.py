@@ -34,8 +34,9 @@ def test_plan_json_and_file(tmp_path):
             "--capacity", "8192", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    for key in ("planning_time_s", "predicted_step_time_s", "lower_bound_s", "rings", "max_ring"):
+    for key in ("planning_time_s", "predicted_step_time_s", "lower_bound_s", "area_floor_s", "rings", "max_ring"):
         assert key in info
+    assert info["area_floor_s"] <= min(info["lower_bound_s"], info["predicted_step_time_s"])
     plan = Plan.from_json(out.read_text())
     check_plan(plan)
     assert info["fingerprint"] == plan.fingerprint == json.loads(out.read_text())["fingerprint"]
