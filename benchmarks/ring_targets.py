@@ -14,6 +14,8 @@ a bound for every strategy; the plan's lower bound covers fewest-ranks plans onl
 hdp-wide can fall below it.
 
     PYTHONPATH=. python benchmarks/ring_targets.py [--scale 4096,16384] [--out benchmarks/results/ring_targets.json]
+    PYTHONPATH=. python benchmarks/ring_targets.py --model llama-70b --tp 8 --gpus 8192 --algos two-level \
+        --scale '' --out benchmarks/results/ring_targets_70b.json
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ def row(table: dict, name: str) -> dict:
 HDP_ROWS = ("hdp", "hdp-wide")
 
 
-def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], tokens_per_1024: int) -> dict:
-    cost = build_cost_model("llama-7b")
-    cluster = Cluster(gpus)
+def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], tokens_per_1024: int,
+             model: str = "llama-7b", tp: int = 1) -> dict:
+    """One batch (tokens scale with the HDP ranks, gpus / tp), every strategy with every algorithm."""
+    cost = build_cost_model(model, tp=tp)
+    cluster = Cluster(gpus, tp)
     capacity = cost.derived_capacity(cluster.num_ranks)
-    lengths = sample_lengths(dist, tokens_per_1024 * gpus // 1024, 2**21, 0)
+    lengths = sample_lengths(dist, tokens_per_1024 * cluster.num_ranks // 1024, 2**21, 0)
     out: dict = {"gpus": gpus, "dist": dist, "capacity": capacity, "tokens": sum(lengths), "by_algo": {}}
     for algo in algos:
         cell = {}
@@ -83,19 +87,24 @@ def main() -> int:
     ap.add_argument("--dists", default="byted,github")
     ap.add_argument("--scale", default="4096,16384", help="larger GPU counts ('' for none)")
     ap.add_argument("--static-at-scale", action="store_true")
+    ap.add_argument("--model", default="llama-7b", help="e.g. llama-70b with --tp 8 --gpus 8192")
+    ap.add_argument("--tp", type=int, default=1, help="GPUs per HDP rank (tokens scale with gpus / tp)")
+    ap.add_argument("--gpus", type=int, default=1024, help="the first cells' GPUs (every strategy and algorithm)")
+    ap.add_argument("--algos", default=",".join(ALGOS), help="ring algorithms of the first cells")
     ap.add_argument("--out", default="benchmarks/results/ring_targets.json")
     args = ap.parse_args()
     cells = []
     for dist in args.dists.split(","):
-        cells.append(run_cell(1024, dist, ["static", "pow2", *HDP_ROWS], ALGOS, args.tokens))
+        cells.append(run_cell(args.gpus, dist, ["static", "pow2", *HDP_ROWS], args.algos.split(","), args.tokens,
+                              args.model, args.tp))
         print("\n".join(report(cells[-1])), flush=True)
     for gpus in [int(g) for g in args.scale.split(",") if g]:
         for dist in args.dists.split(","):
             strategies = (["static"] if args.static_at_scale else []) + ["pow2", *HDP_ROWS]
-            cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens))
+            cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens, args.model, args.tp))
             print("\n".join(report(cells[-1])), flush=True)
     with open(args.out, "w") as f:
-        json.dump({"model": "llama-7b", "max_len": 2**21, "cells": cells}, f, indent=1)
+        json.dump({"model": args.model, "tp": args.tp, "max_len": 2**21, "cells": cells}, f, indent=1)
     print(f"wrote {args.out}")
     return 0
 
