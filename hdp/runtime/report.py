@@ -74,12 +74,13 @@ class Reporter:
     """Rank 0's progress bar, metrics file and summary."""
 
     def __init__(self, config: TrainConfig, enabled: bool, data: TrainingData | None = None,
-                 append: bool = False, start_step: int = 0) -> None:
-        """``start_step`` > 0 (a resumed run): the bar starts at the steps already done."""
+                 start_step: int = 0) -> None:
+        """``start_step`` > 0 (a resumed run): the metrics file is appended to and the bar starts at
+        the steps already done."""
         self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
         self.devices: list[str] = []
-        self._file = open(config.metrics, "a" if append else "w") if enabled and config.metrics else None  # noqa: SIM115
+        self._file = open(config.metrics, "a" if start_step else "w") if enabled and config.metrics else None  # noqa: SIM115
         self._tensorboard = None
         if enabled and config.tensorboard:
             from hdp.runtime.tensorboard import TensorBoardLog

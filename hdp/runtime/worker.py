@@ -127,7 +127,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     offload = None
     if config.offload or offload_layers:
         offload = ActivationOffloader(device, model.cfg.num_layers, model.parameters())
-    reporter = Reporter(config, enabled=rank == 0, data=run.data, append=start_step > 0, start_step=start_step)
+    reporter = Reporter(config, enabled=rank == 0, data=run.data, start_step=start_step)
     reporter.devices = _gather_devices(device, world_size)
     peak = peak_tflops_for(device, run.cost)
     dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None

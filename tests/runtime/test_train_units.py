@@ -117,7 +117,7 @@ def test_a_resumed_runs_progress_bar_starts_at_the_steps_already_done(tmp_path):
     from hdp.runtime.config import TrainConfig
     from hdp.runtime.report import Reporter
 
-    rep = Reporter(TrainConfig(steps=5, metrics=str(tmp_path / "m.jsonl")), enabled=True, append=True, start_step=3)
+    rep = Reporter(TrainConfig(steps=5, metrics=str(tmp_path / "m.jsonl")), enabled=True, start_step=3)
     try:
         assert rep._progress.tasks[0].completed == 3 and rep._progress.tasks[0].total == 5
         rep.step({"step": 3, "loss": 1.0, "tokens_per_s": 10.0})
