@@ -67,12 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write every metric as TensorBoard scalars here (rank 0; needs the tensorboard package)")
     p.add_argument("--gpus-per-node", type=int, default=None, metavar="N",
-                   help="ranks per node (rank r on node r // N), for --ring-algo two-level (default: the plan's, "
-                        "else LOCAL_WORLD_SIZE under torchrun, else all local processes on one node)")
+                   help="ranks per node (rank r on node r // N); given, the planner places rings by node and sees "
+                        "their transfers (default: the plan's, else LOCAL_WORLD_SIZE under torchrun, else all local "
+                        "processes on one node)")
     p.add_argument("--ring-algo", choices=RING_ALGOS, default=None,
                    help="ring attention for every ring that can run it, the others run flat: flat (one ring), "
                         "two-level (inner ring per node, parallel outer rings across nodes; needs node-aligned rings), "
-                        "bidirectional (half the KV heads each way; needs 2+ KV heads) (default: as the plan says)")
+                        "bidirectional (half the KV heads each way; needs 2+ KV heads) (default: two-level with "
+                        "--gpus-per-node, else as the plan says)")
     p.add_argument("--on-nan", choices=("stop", "skip"), default=d.on_nan,
                    help="a step with a NaN/Inf loss or gradient: stop the run (exit 4; default) or skip its update")
     p.add_argument("--save-dir", default=None, metavar="DIR",

@@ -53,12 +53,13 @@ class Run:
         return min(c.max_seq_len, c.global_batch_tokens, max(self.stream.corpus.doc_lengths))
 
     def _make_plan(self, lengths: list[int], num_ranks: int, capacity: int) -> Plan:
-        """With --gpus-per-node the planner places rings by node for --ring-algo and sees their
-        transfers (``hdp.plan.topology``), as ``hdp plan`` does; without it, as before."""
+        """With --gpus-per-node the planner places rings by node for --ring-algo (default two-level,
+        the best measured, as in ``hdp plan``) and sees their transfers (``hdp.plan.topology``);
+        without it, one node's worth of flat rings as before."""
         c = self.config
         topology = None
         if c.gpus_per_node is not None:
-            topology = Topology(c.gpus_per_node, c.ring_algo or "flat", kv_heads=self.cost.model.num_kv_heads)
+            topology = Topology(c.gpus_per_node, c.ring_algo or "two-level", kv_heads=self.cost.model.num_kv_heads)
         return make_plan(lengths, num_ranks, capacity, self.cost, get_strategy(c.strategy, offload=c.offload),
                          max_len=c.max_seq_len, seed=c.seed, topology=topology)
 

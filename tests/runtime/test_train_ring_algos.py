@@ -116,3 +116,16 @@ def test_bad_ring_flags_exit_2_with_one_line(capsys):
     assert main(["train", "--gpus-per-node", "0"]) == 2
     err = capsys.readouterr().err
     assert "--gpus-per-node must be >= 1" in err and err.count("\n") == 1
+
+
+def test_gpus_per_node_alone_plans_two_level_rings_by_node():
+    """--gpus-per-node without --ring-algo: the planner places rings by node with two-level rings
+    (the default of hdp plan too); without either, rings stay flat as before."""
+    from hdp.runtime.config import TrainConfig
+    from hdp.runtime.training_run import Run
+
+    common = dict(global_batch_tokens=1024, max_seq_len=512)  # capacity derived: rings of 4 ranks
+    aware = Run.from_config(TrainConfig(gpus_per_node=2, **common), num_ranks=4).plan(0, 4)
+    assert aware.gpus_per_node == 2 and rings_by_algo(aware, 2).get("two-level", 0) >= 1
+    plain = Run.from_config(TrainConfig(**common), num_ranks=4).plan(0, 4)
+    assert plain.gpus_per_node == 0 and set(rings_by_algo(plain, 2)) == {"flat"}
