@@ -15,7 +15,7 @@ from hdp.plan.estimate import estimate
 from hdp.plan.sharding import offload_ratio_of
 from hdp.plan.topology import Topology, ring_algo_for
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
-from hdp.plan.zigzag import member_segments
+from hdp.plan.zigzag import ring_segments
 
 
 @dataclass(slots=True)
@@ -60,14 +60,14 @@ class Draft:
         rings = tuple(Ring(i, s, tuple(m), ring_algo_for(m, topology) if topology else "flat")
                       for i, (s, m) in enumerate(zip(self.ring_seq, self.ring_ranks)))
         position = [{r: i for i, r in enumerate(m)} for m in self.ring_ranks]
+        pieces = [ring_segments(s, self.lengths[s], len(m)) for s, m in zip(self.ring_seq, self.ring_ranks)]
         rank_plans = []
         for rank, mbs in enumerate(self.ranks):
             out = []
             for mb in mbs:
                 segs: list[Segment] = []
                 for g in mb.rings:
-                    seq = self.ring_seq[g]
-                    segs.extend(member_segments(seq, self.lengths[seq], len(self.ring_ranks[g]), position[g][rank]))
+                    segs.extend(pieces[g][position[g][rank]])
                 segs.extend(Segment(s, 0, self.lengths[s]) for s in mb.whole)
                 out.append(MicroBatch(tuple(segs), tuple(mb.rings), offload_ratio_of(mb.offload_layers, cost.layers),
                                       mb.token_limit or self.capacity, mb.offload_layers))

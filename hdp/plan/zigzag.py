@@ -29,9 +29,20 @@ def member_segments(seq: int, length: int, ring_size: int, position: int) -> tup
     return tuple(Segment(seq, a, b) for a, b in member_pieces(length, ring_size, position) if b > a)
 
 
+def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, ...]]:
+    """``member_segments`` of every position at once (the 2k + 1 cuts computed once): what a plan
+    with thousands of members per ring is built from."""
+    n = 2 * ring_size
+    cuts = [(j * length) // n for j in range(n + 1)]
+    return [tuple(Segment(seq, a, b) for a, b in ((cuts[i], cuts[i + 1]), (cuts[n - 1 - i], cuts[n - i])) if b > a)
+            for i in range(ring_size)]
+
+
 def member_shares(length: int, ring_size: int) -> list[int]:
     """Tokens each ring member holds; within 2 tokens of L/k."""
-    return [sum(b - a for a, b in member_pieces(length, ring_size, i)) for i in range(ring_size)]
+    n = 2 * ring_size
+    cuts = [(j * length) // n for j in range(n + 1)]
+    return [cuts[i + 1] - cuts[i] + cuts[n - i] - cuts[n - 1 - i] for i in range(ring_size)]
 
 
 def max_member_tokens(length: int, ring_size: int) -> int:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, make_plan
 from hdp.plan.validate import check_plan, violations
-from hdp.plan.zigzag import max_member_tokens, member_shares, ranks_needed
+from hdp.plan.zigzag import max_member_tokens, member_shares, ranks_needed, ring_segments
 
 from .conftest import COST, COST_7B, batches, rule2_members, rule4_fewest
 
@@ -82,6 +82,9 @@ def test_max_member_tokens_is_the_largest_member(length, ring_size):
     shares = [sum(b - a for a, b in m) for m in rule2_members(length, ring_size)]
     assert max_member_tokens(length, ring_size) == max(shares)
     assert member_shares(length, ring_size) == shares
+    whole = ring_segments(7, length, ring_size)  # every member's segments at once, as plans are built
+    assert [[(x.start, x.end) for x in segs] for segs in whole] == [[p for p in m if p[1] > p[0]]
+                                                                    for m in rule2_members(length, ring_size)]
 
 
 def test_huge_lengths_are_fast():
