@@ -68,16 +68,19 @@ def _gather_devices(device: torch.device, world_size: int) -> list[str]:
 def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
     """Create the default process group once (env:// rendezvous: MASTER_ADDR/MASTER_PORT).
 
-    Keys go under a prefix per torchrun attempt (TORCHELASTIC_RESTART_COUNT): a restarted attempt
-    meets the same agent store, and a rank that got there first would read the dead attempt's
-    addresses and time out connecting to them."""
+    A torchrun attempt after a restart (TORCHELASTIC_RESTART_COUNT > 0) meets the agent's store
+    again, where the dead attempt's keys still are: its keys go under a prefix of their own, else
+    the rank that got there first reads the dead attempt's gloo addresses and times out."""
     backend = dist.get_default_backend_for_device(device)
     timeout = datetime.timedelta(seconds=timeout_s)
+    device_id = device if device.type != "cpu" else None
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt == 0:
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id)
+        return
     store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
     dist.init_process_group(backend, store=dist.PrefixStore(f"hdp/attempt-{attempt}", store), rank=rank,
-                            world_size=world_size, timeout=timeout,
-                            device_id=device if device.type != "cpu" else None)
+                            world_size=world_size, timeout=timeout, device_id=device_id)
 
 
 def say(line: str) -> None:
