@@ -10,6 +10,9 @@ and parsed results (the file is rewritten after each step, so a killed run keeps
 2. ``benchmarks/attention.py``: packed document attention vs batched SDPA at 512–64K-token
    documents (flash-attn varlen when installed, else FlexAttention), one ring member's block efficiency;
 3. ``benchmarks/offload.py``: step time and peak memory at r = 0, the planner's r, 0.5 and 1.0;
+   ``benchmarks/ring_kernels.py``: one member's ring blocks as flat, two-level and bidirectional
+   rings compute them (8,192 tokens a member, ring of 8 = 2 nodes x 4), each variant's kernel time
+   over flat's;
 4. ``hdp calibrate`` at LLaMA-7B shapes (the profile is kept beside the JSON);
 5. a 1-GPU ``hdp train`` of ``llama-1b`` (1.1B, TinyLlama shapes) on 32K-token batches in bf16
    (``--zero 1`` when this ``hdp train`` has it), under torchrun: tokens/s, MFU, peak memory, and
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     res = step("offload", [py, "benchmarks/offload.py", "--tokens", "16384", "32768", "--cpu-tokens", "256", "512",
                            "--steps", "2", "--json-out", offload_json], 60)
     res["result"] = read_json(offload_json)
+
+    kernels_json = base + "-ring-kernels.json"
+    res = step("ring_kernels", [py, "benchmarks/ring_kernels.py", "--json-out", kernels_json], 45)
+    res["result"] = read_json(kernels_json)
 
     profile = base + "-profile.json"
     res = step("calibrate", [py, "-m", "hdp.cli", "calibrate", "--model", "llama-7b", "--out", profile,

@@ -31,7 +31,7 @@ _TAGS = ((TAG_KV, TAG_DKV), (TAG_KV_BACK, TAG_DKV_BACK))
 _DIRECTIONS = (1, -1)
 
 
-def _lanes(num_q_heads: int, num_kv_heads: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+def head_lanes(num_q_heads: int, num_kv_heads: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """(query heads, KV heads) of each lane; GQA: query head h reads KV head h // (Hq // Hkv)."""
     half, group = num_kv_heads // 2, num_q_heads // num_kv_heads
     return ((slice(0, half * group), slice(0, half)), (slice(half * group, num_q_heads), slice(half, num_kv_heads)))
@@ -59,7 +59,7 @@ class BidirectionalRingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, ring: RingContext, scale: float, kernel: Kernel):  # type: ignore[override]
         slot, dt, size = ring.slot, acc_dtype(q.dtype), ring.slot.size
-        lanes = _lanes(q.shape[1], k.shape[1])
+        lanes = head_lanes(q.shape[1], k.shape[1])
         q_pieces = ring.member_rows[slot.position]
         qs = [q[:, qh].contiguous() for qh, _ in lanes]
         outs = [torch.zeros(x.shape, dtype=dt, device=q.device) for x in qs]
@@ -93,7 +93,7 @@ class BidirectionalRingAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         ring: RingContext = ctx.ring
         slot, dt, size = ring.slot, acc_dtype(q.dtype), ring.slot.size
-        lanes = _lanes(q.shape[1], k.shape[1])
+        lanes = head_lanes(q.shape[1], k.shape[1])
         q_pieces = ring.member_rows[slot.position]
         qs = [q[:, qh].contiguous() for qh, _ in lanes]
         douts = [dout[:, qh].contiguous() for qh, _ in lanes]
