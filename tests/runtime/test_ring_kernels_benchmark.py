@@ -3,6 +3,7 @@ CPU, times every variant against flat in the same run, and its pieces are the zi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,9 +12,18 @@ import sys
 from hdp.plan.zigzag import member_pieces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from ring_kernels import block_pieces  # noqa: E402
+
+def _load_benchmark():
+    """benchmarks/ring_kernels.py as a module, from its file (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_ring_kernels", os.path.join(ROOT, "benchmarks", "ring_kernels.py"))
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+block_pieces = _load_benchmark().block_pieces
 
 
 def test_a_block_holds_its_members_zigzag_pieces_in_row_order():
