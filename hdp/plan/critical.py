@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from hdp.plan.cost import CostModel
 from hdp.plan.ringcomm import links_of, member_exposure_s
 from hdp.plan.sharding import Placement, hold
-from hdp.plan.topology import Topology
+from hdp.plan.topology import Topology, two_level_widths
 
 LADDER = (1.0, 1.04, 1.08, 1.12)
 """Targets tried, as multiples of the smallest feasible one."""
@@ -68,7 +68,7 @@ def member_time(cost: CostModel, topology: Topology, length: int, k: int) -> flo
     if algo == "bidirectional" and topology.kv_heads < 2:
         algo = "flat"
     if algo == "two-level" and k > node:
-        per_node = next((g for g in range(min(node, k // 2), 1, -1) if k % g == 0), 0)
+        per_node = next(iter(two_level_widths(k, node)), 0)
         if per_node:
             nodes = k // per_node
         else:

@@ -113,13 +113,17 @@ def pick_members(free: list[int], k: int, topo: Topology) -> list[int]:
             best = min(fits, key=lambda n: (len(by_node[n]), n))
             return by_node[best][:k]
     if topo.ring_algo == "two-level":
-        for g in range(min(rpn, k // 2), 1, -1):
-            if k % g:
-                continue
+        for g in two_level_widths(k, rpn):
             fits = sorted((n for n, rs in by_node.items() if len(rs) >= g), key=lambda n: (len(by_node[n]), n))
             if len(fits) >= k // g:
                 return sorted(r for n in fits[:k // g] for r in by_node[n][:g])
     return sorted(_greedy(by_node, k))
+
+
+def two_level_widths(k: int, ranks_per_node: int) -> list[int]:
+    """Members per node g a two-level ring of k can have, widest first: the divisors of k with
+    2 <= g <= ranks_per_node and at least two nodes (g <= k / 2)."""
+    return [g for g in range(min(ranks_per_node, k // 2), 1, -1) if k % g == 0]
 
 
 def _free_by_node(ranks: list[int], rpn: int) -> dict[int, list[int]]:

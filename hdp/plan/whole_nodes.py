@@ -38,8 +38,8 @@ def round_down(lengths: Sequence[int], placements: list[Placement], capacity: in
         return placements
     out = []
     for length, p in zip(lengths, placements, strict=True):
-        k = p.ranks // g * g
         if p.ranks > g and p.ranks % g:
+            k = p.ranks // g * g
             held = hold(length, k, capacity, cost, max_offload_layers(length, capacity, cost))
             if held is not None and held.offload_layers:
                 held = dataclasses.replace(held, token_limit=max_member_tokens(length, k))

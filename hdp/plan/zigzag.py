@@ -29,20 +29,24 @@ def member_segments(seq: int, length: int, ring_size: int, position: int) -> tup
     return tuple(Segment(seq, a, b) for a, b in member_pieces(length, ring_size, position) if b > a)
 
 
-def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, ...]]:
-    """``member_segments`` of every position at once (the 2k + 1 cuts computed once): what a plan
-    with thousands of members per ring is built from."""
+def _cuts(length: int, ring_size: int) -> list[int]:
+    """The 2k + 1 piece boundaries at once: piece j is ``[cuts[j], cuts[j + 1])``."""
     n = 2 * ring_size
-    cuts = [(j * length) // n for j in range(n + 1)]
-    return [tuple(Segment(seq, a, b) for a, b in ((cuts[i], cuts[i + 1]), (cuts[n - 1 - i], cuts[n - i])) if b > a)
+    return [(j * length) // n for j in range(n + 1)]
+
+
+def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, ...]]:
+    """``member_segments`` of every position at once: what a plan with thousands of members per
+    ring is built from."""
+    c, n = _cuts(length, ring_size), 2 * ring_size
+    return [tuple(Segment(seq, a, b) for a, b in ((c[i], c[i + 1]), (c[n - 1 - i], c[n - i])) if b > a)
             for i in range(ring_size)]
 
 
 def member_shares(length: int, ring_size: int) -> list[int]:
     """Tokens each ring member holds; within 2 tokens of L/k."""
-    n = 2 * ring_size
-    cuts = [(j * length) // n for j in range(n + 1)]
-    return [cuts[i + 1] - cuts[i] + cuts[n - i] - cuts[n - 1 - i] for i in range(ring_size)]
+    c, n = _cuts(length, ring_size), 2 * ring_size
+    return [c[i + 1] - c[i] + c[n - i] - c[n - 1 - i] for i in range(ring_size)]
 
 
 def max_member_tokens(length: int, ring_size: int) -> int:

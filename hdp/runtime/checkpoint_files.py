@@ -184,6 +184,11 @@ def resume_source(resume: str | None, save_dir: str | None, restarted: bool) -> 
     return None
 
 
+def agent_attempt() -> int:
+    """Which attempt of torchrun's elastic agent this process is (TORCHELASTIC_RESTART_COUNT; 0: the first)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def restarted_by_agent() -> bool:
-    """True in a process that torchrun's elastic agent restarted (TORCHELASTIC_RESTART_COUNT > 0)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    """True in a process that torchrun's elastic agent restarted."""
+    return agent_attempt() > 0

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from hdp.data.dump import BatchDump
 from hdp.plan.memory import state_bytes as planned_state_bytes
 from hdp.runtime.checkpoint import after_step, open_checkpoint
+from hdp.runtime.checkpoint_files import agent_attempt
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.lr_schedule import lr_at
 from hdp.runtime.memory_stats import memory_record
@@ -74,7 +75,7 @@ def init_group(rank: int, world_size: int, device: torch.device, timeout_s: floa
     backend = dist.get_default_backend_for_device(device)
     timeout = datetime.timedelta(seconds=timeout_s)
     device_id = device if device.type != "cpu" else None
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    attempt = agent_attempt()
     if attempt == 0:
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id)
         return
