@@ -1,6 +1,6 @@
 """Attention kernels of the runtime, against SDPA, on one device (GPU when present, else CPU).
 
-1. Packed document-masked attention (``hdp.runtime.doc_attention``: flash-attn varlen or FlexAttention
+1. Packed document-masked attention (``hdp.runtime.attention.doc_attention``: flash-attn varlen or FlexAttention
    on GPU, fused SDPA per document on CPU) vs batched causal SDPA over equal-length documents, on the
    same tokens: forward+backward time, TFLOP/s, ratio.
 2. Ring per-block efficiency: one device runs, in sequence, every (query piece, key piece) block one
@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from hdp.runtime.doc_attention import PackedDocs, doc_attention
-from hdp.runtime.pair_kernels import pair_backward, pair_forward
+from hdp.runtime.attention.doc_attention import PackedDocs, doc_attention
+from hdp.runtime.attention.pair_kernels import pair_backward, pair_forward
 
 
 def timed(fn: Callable[[], None], device: torch.device, repeat: int) -> float:

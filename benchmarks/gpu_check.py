@@ -82,7 +82,7 @@ def train_has(flag: str) -> bool:
 def train_prediction(profile_path: str | None) -> dict:
     """What the planner predicts for the same batches: step time (shipped and calibrated profile) and memory."""
     from hdp.data.batches import BatchStream
-    from hdp.data.corpus import load_corpus
+    from hdp.data.load import load_corpus
     from hdp.plan import build_cost_model, make_plan
 
     stream = BatchStream(load_corpus(None), TRAIN_TOKENS, TRAIN_TOKENS, 0)

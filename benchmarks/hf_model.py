@@ -26,11 +26,11 @@ from transformers import LlamaForCausalLM
 
 from hdp.plan import get_model
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.hf_export import llama_config
-from hdp.runtime.hf_model import HFCausalLM
-from hdp.runtime.model import build_model
-from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.training_run import Run
+from hdp.runtime.model.hf_export import llama_config
+from hdp.runtime.model.hf_model import HFCausalLM
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.train.step import build_optimizer, train_step
+from hdp.runtime.train.run import Run
 
 
 def main(argv: list[str] | None = None) -> int:

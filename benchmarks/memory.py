@@ -1,4 +1,4 @@
-"""Measured memory of one training step vs the planner's memory model (``hdp.plan.memory``).
+"""Measured memory of one training step vs the planner's memory model (``hdp.plan.cost.memory``).
 
 One rank, one sequence of T tokens per step, the runtime's own model, ``ShardedAdamW`` and
 ``train_step``. Reported per (T, recompute): the measured model-state bytes (``state_bytes``) against
@@ -24,9 +24,9 @@ import torch
 from hdp.data.batches import GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus
 from hdp.plan import ModelConfig, build_cost_model, get_model, make_plan
-from hdp.plan.memory import activation_bytes_per_token, state_bytes
-from hdp.runtime.model import build_model
-from hdp.runtime.train_step import build_optimizer, train_step
+from hdp.plan.cost.memory import activation_bytes_per_token, state_bytes
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.train.step import build_optimizer, train_step
 
 ONE_B = ModelConfig("llama-1b", hidden_size=2048, num_layers=16, num_heads=16, num_kv_heads=16, ffn_size=5504,
                     vocab_size=32000)

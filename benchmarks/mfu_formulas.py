@@ -10,8 +10,8 @@ import json
 import sys
 
 from hdp.data.synthetic import sample_lengths
-from hdp.plan.flops import batch_flops, torchtitan_flops
-from hdp.plan.model_config import get_model
+from hdp.plan.cost.flops import batch_flops, torchtitan_flops
+from hdp.plan.cost.model_config import get_model
 
 CASES = (  # (model, distribution, tokens, max_len)
     ("llama-7b", "byted", 32 * 2**20, 2**21),

@@ -28,8 +28,8 @@ from torch import nn
 
 from hdp.data.synthetic import sample_lengths
 from hdp.plan import CostModel, ModelConfig, build_cost_model, get_model, make_plan
-from hdp.plan.sharding import num_offload_layers, offload_token_limit, place
-from hdp.runtime.offload import CUDA_MIN_BYTES, ActivationOffloader
+from hdp.plan.schedule.sharding import num_offload_layers, offload_token_limit, place
+from hdp.runtime.offload.activations import CUDA_MIN_BYTES, ActivationOffloader
 
 
 # -- a LLaMA layer (the runtime model is not used so the benchmark isolates offloading) ------------------
@@ -138,7 +138,7 @@ def run_config(model: Stack, x: torch.Tensor, name: str, ratio: float | None, mo
 
 def planner_ratio(cost: CostModel, capacity: int, tokens: int) -> tuple[float | None, float]:
     """The least whole-layer ratio j/(l-2) at which the planner's memory rule lets one llama-7b rank hold
-    ``tokens`` tokens (hdp.plan.sharding.offload_token_limit), and the largest ratio whose copies hide
+    ``tokens`` tokens (hdp.plan.schedule.sharding.offload_token_limit), and the largest ratio whose copies hide
     under compute (CostModel.max_offload_ratio); the planner itself only offloads up to the latter and
     uses more ranks beyond it. None when even r = 1 does not fit."""
     middle = cost.layers - 2

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from hdp.plan import get_model
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.doc_attention import doc_attention
-from hdp.runtime.launch import free_port
-from hdp.runtime.model import build_model
-from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.training_run import Run
+from hdp.runtime.attention.doc_attention import doc_attention
+from hdp.runtime.launch.spawn import free_port
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.train.step import build_optimizer, train_step
+from hdp.runtime.train.run import Run
 
 
 def packed_doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:
@@ -49,7 +49,7 @@ class PlainSpans:
     """The minimal layout the plain loop needs: packed document spans."""
 
     def __init__(self, lengths: list[int]) -> None:
-        from hdp.runtime.layout import Span
+        from hdp.runtime.attention.layout import Span
 
         starts = [sum(lengths[:i]) for i in range(len(lengths))]
         self.spans = tuple(Span(i, a, a + n, 0) for i, (a, n) in enumerate(zip(starts, lengths)))

@@ -8,7 +8,7 @@ bandwidth they save on a cluster (the simulator models that):
 1. ``attention``: one ring of 4 (2 nodes x 2) over one sequence, ``hdp_attention`` forward and
    backward, one micro-batch's metadata reused as by a model's layers.
 2. ``train_step``: a full ``hdp train`` step (the planner's plan for step 0 of the default data,
-   every ring set to each algorithm where it can run it, ``hdp.runtime.ring_select``).
+   every ring set to each algorithm where it can run it, ``hdp.runtime.attention.ring.select``).
 
 Algorithms are interleaved (flat, two-level, bidirectional, flat, ...) so load on the machine hits
 all alike; medians and best times (wall, and CPU time of rank 0) after one warm-up each; ranks are aligned by a barrier outside the timed region.
@@ -32,14 +32,14 @@ import torch.multiprocessing as mp
 
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Sequence
 from hdp.plan.zigzag import member_segments
-from hdp.runtime.attention import MicroBatchAttention, hdp_attention
+from hdp.runtime.attention.dispatch import MicroBatchAttention, hdp_attention
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.launch import free_port
-from hdp.runtime.layout import build_layout
-from hdp.runtime.model_source import build_train_model
-from hdp.runtime.ring_select import rings_by_algo, with_ring_algo
-from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.training_run import Run
+from hdp.runtime.launch.spawn import free_port
+from hdp.runtime.attention.layout import build_layout
+from hdp.runtime.model.source import build_train_model
+from hdp.runtime.attention.ring.select import rings_by_algo, with_ring_algo
+from hdp.runtime.train.step import build_optimizer, train_step
+from hdp.runtime.train.run import Run
 
 WORLD, GPN = 4, 2
 ALGOS = ("flat", "two-level", "bidirectional")

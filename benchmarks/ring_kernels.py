@@ -30,9 +30,9 @@ import time
 import torch
 
 from hdp.plan.zigzag import zigzag_piece
-from hdp.runtime.pair_kernels import choose_kernel
-from hdp.runtime.ring_bidirectional import head_lanes
-from hdp.runtime.ring_blocks import Pieces, backward_block, forward_block
+from hdp.runtime.attention.pair_kernels import choose_kernel
+from hdp.runtime.attention.ring.bidirectional import head_lanes
+from hdp.runtime.attention.ring.blocks import Pieces, backward_block, forward_block
 
 VARIANTS = ("flat", "two-level", "bidirectional")
 

@@ -8,7 +8,7 @@ device profile measured by ``benchmarks/calibrate_cpu.py``. Prints per-step and 
     python benchmarks/calibrate_cpu.py --model small --threads 1 --out hdp/plan/profiles/cpu-small-1t.json
     PYTHONPATH=. python benchmarks/sim_vs_runtime.py --profile hdp/plan/profiles/cpu-small-1t.json
 
-The batches are the runtime's own (its data stream, read through ``hdp.runtime.training_run.Run`` in a
+The batches are the runtime's own (its data stream, read through ``hdp.runtime.train.run.Run`` in a
 subprocess), planned here with the same planner options. ``--runtime-root`` picks the checkout
 whose ``hdp train`` runs. Exit status 3 when ``hdp train --metrics`` is not available there.
 """
@@ -30,7 +30,7 @@ from hdp.sim.training_step import simulate_step
 LENGTHS_SNIPPET = """
 import json, sys
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.training_run import Run
+from hdp.runtime.train.run import Run
 a = json.loads(sys.argv[1])
 run = Run.from_config(TrainConfig(model=a["model"], steps=a["steps"], global_batch_tokens=a["tokens"],
                                   capacity=a["capacity"], max_seq_len=a["max_len"], strategy=a["strategy"],

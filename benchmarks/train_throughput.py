@@ -21,8 +21,8 @@ import tempfile
 import torch
 
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.launch import spawn
-from hdp.runtime.training_run import Run
+from hdp.runtime.launch.spawn import spawn
+from hdp.runtime.train.run import Run
 
 
 def measure(config: TrainConfig, nproc: int) -> dict:

@@ -5,7 +5,7 @@
 
 (The first ``hdp-wide``, at most twice the fewest ranks for sequences above the batch's mean
 per-rank time, lost everywhere it was simulated; the strategy table's ``hdp-wide``,
-``hdp.plan.critical``, replaced it.)
+``hdp.plan.schedule.critical``, replaced it.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
 from hdp.plan.zigzag import member_segments
-from hdp.runtime.launch import free_port  # noqa: F401 - re-exported for the multi-process tests
+from hdp.runtime.launch.spawn import free_port  # noqa: F401 - re-exported for the multi-process tests
 
 HQ, HKV, DIM = 4, 2, 8  # GQA: two query heads per kv head
 
@@ -121,7 +121,7 @@ def reference_step(model: torch.nn.Module, opt: torch.optim.Optimizer, docs: lis
     """One textbook training step in one process: every document alone (``plain_attention``), the
     token-mean cross-entropy over all documents, global-norm clip, ``opt.step()``. Returns the loss,
     the grad norm before clipping, the clipped gradients and the parameters after the update."""
-    from hdp.runtime.layout import Span
+    from hdp.runtime.attention.layout import Span
 
     opt.zero_grad(set_to_none=True)
     total, count = torch.zeros((), dtype=torch.float64), 0

@@ -1,7 +1,7 @@
 """Micro-benchmarks behind a device profile: what the cost model needs, measured the way the
 runtime runs it.
 
-FLOP conventions are the cost model's (``hdp.plan.cost``), so a measured rate plugs straight into
+FLOP conventions are the cost model's (``hdp.plan.cost.cost_model``), so a measured rate plugs straight into
 it: a layer's GEMMs fwd+bwd are 3 x 2mkn; causal attention fwd+bwd is 3.5 x 2·h·s² per document
 (flash attention's backward recomputes the scores).
 """
@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from hdp.runtime.doc_attention import doc_attention
+from hdp.runtime.attention.doc_attention import doc_attention
 
 
 def synchronize(device: torch.device) -> None:

@@ -3,7 +3,7 @@
 The attention curve is what the cost model's ``attn_efficiency`` interpolates: below
 ``pack_tokens`` documents are measured packed (``pack_tokens / s`` of them, document-masked, as
 the runtime runs short sequences), from ``pack_tokens`` on as one causal sequence — the same split
-the shipped H100 profile uses (``hdp.plan.device._from_calibration``).
+the shipped H100 profile uses (``hdp.plan.cost.device._from_calibration``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Callable
 import torch
 
 from hdp.calibrate import measure
-from hdp.plan.device import DeviceProfile
-from hdp.plan.model_config import ModelConfig
+from hdp.plan.cost.device import DeviceProfile
+from hdp.plan.cost.model_config import ModelConfig
 
 
 @dataclass(frozen=True, slots=True)

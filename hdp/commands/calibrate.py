@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from hdp.plan.model_config import PRESETS
+from hdp.plan.cost.model_config import PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hdp.calibrate.profile import CPU, GPU, QUICK, calibrate, device_name, slug, steps
     from hdp.commands.plan import write_atomically
-    from hdp.plan.device import DeviceProfile
-    from hdp.plan.model_config import get_model
+    from hdp.plan.cost.device import DeviceProfile
+    from hdp.plan.cost.model_config import get_model
 
     use_acc = args.device == "auto" and torch.accelerator.is_available()
     device = torch.accelerator.current_accelerator() if use_acc else torch.device("cpu")

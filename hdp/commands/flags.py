@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Mapping
 
-from hdp.plan.model_config import DEFAULT_MODEL, PRESETS
-from hdp.plan.sharding import PlanError
+from hdp.plan.cost.model_config import DEFAULT_MODEL, PRESETS
+from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import strategy_table
 
 PLAN_FLAGS = {"num_ranks": "--ranks", "capacity": "--capacity", "max_len": "--max-len"}

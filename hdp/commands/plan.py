@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus_per_node < 1:
         raise ValueError(f"--gpus-per-node must be >= 1, got {args.gpus_per_node}")
     from hdp.plan.estimate import area_floor
-    from hdp.plan.topology import Topology
+    from hdp.plan.cost.topology import Topology
 
     topology = Topology(max(1, args.gpus_per_node // args.pp), args.ring_algo, kv_heads=cost.model.num_kv_heads)
     start = time.perf_counter()

@@ -12,7 +12,7 @@ from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_
 from hdp.commands.plan import add_workload_arguments
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, PlanError, build_cost_model
-from hdp.plan.model_config import get_model
+from hdp.plan.cost.model_config import get_model
 from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
 from hdp.sim.compare import simulate
 from hdp.sim.report import format_table

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from hdp.commands.flags import TRAIN_FLAGS, add_max_len, user_error, with_strategy_table
-from hdp.plan.model_config import PRESETS
-from hdp.plan.sharding import PlanError
+from hdp.plan.cost.model_config import PRESETS
+from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import STRATEGIES
 from hdp.plan.types import RING_ALGOS
 from hdp.runtime.config import DTYPES, TrainConfig
@@ -112,10 +112,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hdp.runtime.launch import launch
+    from hdp.runtime.launch.spawn import launch
 
     if args.tensorboard:
-        from hdp.runtime.tensorboard import check_tensorboard_dir
+        from hdp.runtime.observe.tensorboard import check_tensorboard_dir
 
         check_tensorboard_dir(args.tensorboard)
     try:

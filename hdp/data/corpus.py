@@ -77,10 +77,3 @@ def stdlib_paths(root: str | None = None) -> list[str]:
 def default_corpus() -> FileCorpus:
     """The embedded corpus: the standard library's source, one document per file."""
     return FileCorpus.from_paths(stdlib_paths())
-
-
-def load_corpus(path: str | None) -> Corpus:
-    """``None``: the default corpus; otherwise any ``--data`` source, byte-level (``hdp.data.load``)."""
-    from hdp.data.load import load_training_data  # load builds on this module
-
-    return load_training_data(path).corpus

@@ -73,3 +73,8 @@ def _load(path: str, tokenizer, text_field: str) -> TrainingData:
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     return TrainingData(TokenCorpus.from_arrays(tokens, lens), tok.vocab_size, tok.name, empty, os.fspath(path))
+
+
+def load_corpus(path: str | None) -> Corpus:
+    """``None``: the default corpus; otherwise any ``--data`` source, byte-level."""
+    return load_training_data(path).corpus

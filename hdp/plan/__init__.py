@@ -1,10 +1,10 @@
 """Planning: cost model, data-aware sharding, balance scheduler, baselines. Never imports torch."""
 
-from hdp.plan.cost import CostModel, build_cost_model
-from hdp.plan.device import DeviceProfile, load_profile
-from hdp.plan.model_config import ModelConfig, get_model
+from hdp.plan.cost.cost_model import CostModel, build_cost_model
+from hdp.plan.cost.device import DeviceProfile, load_profile
+from hdp.plan.cost.model_config import ModelConfig, get_model
 from hdp.plan.planner import make_plan
-from hdp.plan.sharding import PlanError
+from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import STRATEGIES, Strategy, get_strategy
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from hdp.plan.cost import CostModel
+from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.replay import replay
 from hdp.plan.types import MicroBatch, Plan
 from hdp.plan.work import bound_from_items
 
 if TYPE_CHECKING:
-    from hdp.plan.topology import Topology
+    from hdp.plan.cost.topology import Topology
 
 
 def micro_batch_time(plan: Plan, mb: MicroBatch, cost: CostModel) -> float:
@@ -64,7 +64,7 @@ def estimate(plan: Plan, cost: CostModel, topology: "Topology | None" = None) ->
     The bound (``time_bound``) covers compute on the fewest ranks without offloading and no
     pipeline bubble: see docs/plan-format.md, "What the bounds cover".
     With a ``topology`` the prediction adds every ring member's exposed transfers by the ring's
-    algorithm and placement (``hdp.plan.ringcomm``); the bound stays compute only.
+    algorithm and placement (``hdp.plan.cost.ringcomm``); the bound stays compute only.
     """
     p = plan.pipeline_stages
     times = micro_batch_times(plan, cost)
@@ -102,7 +102,7 @@ def area_floor(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
     and can fall below it). Rank-seconds only grow with more ranks (smaller blocks and shares run at
     a lower measured efficiency), so no plan does less compute; the floor is loose where a long
     sequence cannot finish in time on so few ranks."""
-    from hdp.plan.sharding import place
+    from hdp.plan.schedule.sharding import place
 
     total = 0.0
     for n in lengths:
@@ -113,8 +113,8 @@ def area_floor(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
 
 def _with_ring_transfers(plan: Plan, cost: CostModel, topology: "Topology", times: list[list[float]]) -> list[list[float]]:
     """``times`` plus each ring micro-batch's exposed ring transfers (each ring alone)."""
-    from hdp.plan.ringcomm import links_of, member_exposure_s
-    from hdp.plan.topology import ring_shape
+    from hdp.plan.cost.ringcomm import links_of, member_exposure_s
+    from hdp.plan.cost.topology import ring_shape
 
     links = links_of(topology)
     per_ring = []

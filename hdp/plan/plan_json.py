@@ -1,4 +1,4 @@
-"""Read a ``hdp.plan/1`` dict into a ``Plan``, checking every field's type on the way.
+"""Read a ``hdp.plan/1`` dict into the fields of a ``Plan``, checking every field's type on the way.
 
 A plan file comes from outside (another planner, an edit, a truncated copy). Any malformed input
 must become one ``ValueError`` naming the field (``ranks[2].micro_batches[0].segments[1].start``),
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hdp.plan.types import PLAN_FORMAT, MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
+from hdp.plan.parts import PLAN_FORMAT, MicroBatch, RankPlan, Ring, Segment, Sequence
 
 KNOWN = {"format", "strategy", "num_ranks", "pipeline_stages", "capacity_tokens", "sequences", "rings", "ranks",
          "predicted_step_time_s", "lower_bound_s", "fingerprint", "gpus_per_node"}
@@ -73,8 +73,9 @@ def _micro_batch(d: Any, where: str) -> MicroBatch:
                       offload_layers=_int(d, "offload_layers", where, default=0))
 
 
-def plan_from_dict(d: Any) -> Plan:
-    """The plan ``d`` describes; ``ValueError`` naming the field for anything malformed."""
+def plan_fields(d: Any) -> dict[str, Any]:
+    """``Plan(**plan_fields(d))`` is the plan ``d`` describes; ``ValueError`` naming the field for anything
+    malformed (``Plan.from_dict`` also checks the fingerprint)."""
     d = _obj(d, "the plan")
     if d.get("format") != PLAN_FORMAT:
         raise ValueError(f"not an {PLAN_FORMAT} plan (format={d.get('format')!r})")
@@ -99,7 +100,7 @@ def plan_from_dict(d: Any) -> Plan:
         rp = _obj(rp, w)
         mbs = tuple(_micro_batch(mb, f"{w}.micro_batches[{m}]") for m, mb in enumerate(_list(rp, "micro_batches", w)))
         ranks.append(RankPlan(_int(rp, "rank", w), mbs))
-    plan = Plan(
+    return dict(
         strategy=strategy, num_ranks=_int(d, "num_ranks", "the plan"),
         capacity_tokens=_int(d, "capacity_tokens", "the plan"),
         pipeline_stages=_int(d, "pipeline_stages", "the plan", default=1),
@@ -109,6 +110,3 @@ def plan_from_dict(d: Any) -> Plan:
         lower_bound_s=_float(d, "lower_bound_s", "the plan", default=0.0),
         extra={k: v for k, v in d.items() if k not in KNOWN},
     )
-    if "fingerprint" in d and d["fingerprint"] != plan.fingerprint:
-        raise ValueError("plan fingerprint does not match its contents: the file is corrupt or was edited")
-    return plan

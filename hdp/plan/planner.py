@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from hdp.plan.balance import plan_balanced, plan_naive
-from hdp.plan.balance_measure import weights_for
-from hdp.plan.baselines import plan_pow2, plan_static
-from hdp.plan.cost import CostModel
-from hdp.plan.critical import widened_candidates
-from hdp.plan.draft import Draft
+from hdp.plan.schedule.balance import plan_balanced, plan_naive
+from hdp.plan.schedule.balance_measure import weights_for
+from hdp.plan.schedule.baselines import plan_pow2, plan_static
+from hdp.plan.cost.cost_model import CostModel
+from hdp.plan.schedule.critical import widened_candidates
+from hdp.plan.schedule.draft import Draft
 from hdp.plan.estimate import time_bound
-from hdp.plan.sharding import Placement, PlanError, place
+from hdp.plan.schedule.sharding import Placement, PlanError, place
 from hdp.plan.strategies import Strategy, get_strategy
-from hdp.plan.topology import Topology, pick_members, ring_stretch
-from hdp.plan.whole_nodes import round_down, round_up
+from hdp.plan.cost.topology import Topology, pick_members, ring_stretch
+from hdp.plan.schedule.whole_nodes import round_down, round_up
 from hdp.plan.types import Plan
 from hdp.plan.zigzag import ranks_needed
 
@@ -43,11 +43,11 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     ``max_len`` is the context length a static mesh is sized for (default: the batch's longest).
     With ``cost.pp > 1`` every HDP rank is a 1F1B pipeline of ``cost.pp`` stages and the scheduler
     balances pipelines. ``seed`` is recorded; planning is deterministic and breaks every tie by index.
-    ``topology`` (ranks per node, ring algorithm, links; ``hdp.plan.topology``) makes the scheduler
+    ``topology`` (ranks per node, ring algorithm, links; ``hdp.plan.cost.topology``) makes the scheduler
     place rings by node and see their transfers, and records ``algo`` per ring and
     ``gpus_per_node``; without it plans are as before (flat rings, no topology). With a topology,
     a strategy that widens (``hdp-wide``) keeps the fastest by the estimate of its fewest-ranks
-    plan and its widened ones (whole nodes, ``hdp.plan.critical``), so it is never predicted slower.
+    plan and its widened ones (whole nodes, ``hdp.plan.schedule.critical``), so it is never predicted slower.
     """
     s = get_strategy(strategy)
     lengths = check_lengths(lengths)
@@ -68,7 +68,7 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     if topology is None or not s.widen:
         return plan
     # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
-    # critical rings (hdp.plan.critical).
+    # critical rings (hdp.plan.schedule.critical).
     aligned = round_up(lengths, placements, num_ranks, topology)
     candidates = [] if aligned == placements else [aligned]
     candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)

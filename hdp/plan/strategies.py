@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from hdp.plan.balance_measure import BalanceBy
+from hdp.plan.schedule.balance_measure import BalanceBy
 
 Layout = Literal["fewest", "static", "pow2"]
 
@@ -35,7 +35,7 @@ class Strategy:
     widen: bool = False
     """HDP layouts with a topology only: more ranks than the fewest where the planner's estimate
     (ring transfers included) says the step gets shorter: whole nodes for two-level rings, wider
-    rings for the sequences that alone would set the step (``hdp.plan.critical``). Such plans do
+    rings for the sequences that alone would set the step (``hdp.plan.schedule.critical``). Such plans do
     not keep rule 4, so ``hdp`` itself never widens."""
     balance_by: BalanceBy = "work"
     """What the scheduler equalises: docs/plan-format.md's work measure, or cost-model time."""

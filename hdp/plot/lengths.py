@@ -1,7 +1,7 @@
 """The length distribution's long tail: sequences, tokens and attention FLOPs per length bucket.
 
 Buckets are powers of two, [2^i, 2^(i+1)). Attention FLOPs of a document grow with its causal
-pairs s(s+1)/2 for every model (hdp.plan.flops), so their share needs no model: a few long
+pairs s(s+1)/2 for every model (hdp.plan.cost.flops), so their share needs no model: a few long
 documents that hold a small share of the tokens can hold most of the attention work.
 """
 

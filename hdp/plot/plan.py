@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hdp.plan.cost import CostModel
+from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.estimate import micro_batch_time, time_bound
 from hdp.plan.replay import replay
 from hdp.plan.types import Plan

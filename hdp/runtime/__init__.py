@@ -1,5 +1,20 @@
-"""Runtime: executes a Plan with torch.distributed (model, HDP attention, offloading, train step).
+"""Runtime: executes a Plan with torch.distributed, one sub-package per concept.
 
-Import what you need from its modules (``hdp.runtime.attention``, ``hdp.runtime.layout``, ...);
-this package exports nothing itself, so ``import hdp.runtime`` pulls in no torch.
+Layers, lowest first; a module imports only from its own layer or a lower one (tests/test_imports.py
+checks it), and from ``hdp.plan`` / ``hdp.data``, never from ``hdp.sim`` or the commands:
+
+==============  ===============================================================================
+``config``      ``TrainConfig``: what ``hdp train`` runs (one frozen dataclass, every layer reads it)
+``parallel/``   process-group facts: peer failures as one exception type, the same-plan check
+``attention/``  the model's one attention call: token layout, exact local kernels, ``ring/`` variants
+``model/``      the built-in decoder, the Hugging Face adapter and export, which model a run trains
+``offload/``    selective activation offloading to pinned host memory
+``optim/``      dtypes per part (precision), the ZeRO-sharded AdamW, the learning-rate schedule
+``checkpoint/`` DCP save/restore of a run, checkpoint directories on disk
+``train/``      one rank's inputs for a step, the train step, the rank-independent run (plans, data)
+``observe/``    metrics records, progress and summary, TensorBoard, memory figures
+``launch/``     start and watch the ranks, what one rank does for a whole run, restarts, faults
+==============  ===============================================================================
+
+This package exports nothing itself, so ``import hdp.runtime`` pulls in no torch.
 """

@@ -19,7 +19,7 @@ TRAIN_STRATEGIES = tuple(STRATEGIES)  # the planner's table (hdp.plan.strategies
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "tiny"
-    """Model preset (hdp.plan.model_config.PRESETS)."""
+    """Model preset (hdp.plan.cost.model_config.PRESETS)."""
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     """Parameter and activation dtype; bfloat16 trains with fp32 master weights, moments and gradient reduction."""
     steps: int = 20
@@ -80,7 +80,7 @@ class TrainConfig:
     on_nan: Literal["stop", "skip"] = "stop"
     """A step whose loss or gradient is NaN/Inf: stop the run (exit 4) or skip its update and go on."""
     save_dir: str | None = None
-    """Write checkpoints here (``step-NNNNNN/``, hdp.runtime.checkpoint)."""
+    """Write checkpoints here (``step-NNNNNN/``, hdp.runtime.checkpoint.state)."""
     save_every: int | None = None
     """Checkpoint after every N steps (and after the last); None with save_dir: only after the last."""
     keep: int = 2

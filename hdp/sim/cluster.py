@@ -20,10 +20,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hdp.plan.sharding import PlanError
+from hdp.plan.schedule.sharding import PlanError
 
 if TYPE_CHECKING:
-    from hdp.plan.topology import Topology
+    from hdp.plan.cost.topology import Topology
 
 NVLINK_GBPS = 450.0
 INTER_GBPS = 50.0
@@ -85,7 +85,7 @@ class Cluster:
     def topology(self, ring_algo: str = "flat", kv_heads: int = 8) -> "Topology":
         """What the planner should know of this cluster: HDP ranks per node (at least 1: a rank
         wider than a node has every ring hop between nodes), the ring algorithm, the links."""
-        from hdp.plan.topology import Topology
+        from hdp.plan.cost.topology import Topology
 
         return Topology(max(1, self.gpus_per_node // self.gpus_per_rank), ring_algo, self.nvlink_gbps,
                         self.inter_gbps, self.nvlink_latency_s, self.inter_latency_s, kv_heads)

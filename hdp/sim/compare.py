@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from hdp.plan.cost import CostModel
+from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.planner import make_plan
-from hdp.plan.sharding import PlanError
+from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import Strategy, get_strategy
 from hdp.sim.cluster import Cluster
 from hdp.sim.report import add_speedups, summarise
@@ -39,7 +39,7 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
     enough, say) is skipped, with the planner's reason in ``skipped``; the others still run.
 
     ``ring_algo`` (flat, two-level, bidirectional) plans every strategy, baselines included, node-aware
-    with that ring algorithm (``hdp.plan.topology``); None plans as before (flat rings, no
+    with that ring algorithm (``hdp.plan.cost.topology``); None plans as before (flat rings, no
     topology). ``flat_static`` also plans the static mesh with flat rings (``Simulation.static_flat``),
     so every row gives its speedup over static with the same algorithm and over a flat-ring static."""
     if cost.tp != cluster.tp or cost.pp != cluster.pp:

@@ -9,7 +9,7 @@
   exposes max(0, transfer - block compute). Rings of one micro-batch with the same size share the
   steps (a static CP group runs one ring over its packed buffer: transfers and compute add up).
   How a step's transfer is carried depends on the ring's ``algo`` and placement
-  (``hdp.plan.ringcomm``: flat, bidirectional, two-level; NVLink inside a node, NICs across).
+  (``hdp.plan.cost.ringcomm``: flat, bidirectional, two-level; NVLink inside a node, NICs across).
 * Offloading: the micro-batch's ``offload_layers`` copy activations to the host during the
   forward and back during the backward on their own copy lane; only a copy longer than the compute
   it overlaps is exposed.
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
+from hdp.plan.cost.cost_model import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
 from hdp.plan.estimate import micro_batch_time, ring_key
-from hdp.plan.ringcomm import Links, exposed_ring
-from hdp.plan.sharding import num_offload_layers
+from hdp.plan.cost.ringcomm import Links, exposed_ring
+from hdp.plan.schedule.sharding import num_offload_layers
 from hdp.plan.types import MicroBatch, Plan
 from hdp.sim.cluster import Cluster
 

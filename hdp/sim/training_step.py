@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hdp.plan.cost import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
+from hdp.plan.cost.cost_model import ATTN_FWD_SHARE, LINEAR_FWD_SHARE, CostModel
 from hdp.plan.estimate import area_floor, time_bound
 from hdp.plan.replay import replay
 from hdp.plan.types import Plan

@@ -11,7 +11,7 @@ from hdp.data.batches import BatchStream
 from hdp.data.prepare import prepare
 from hdp.data.store import Store, TokenCorpus
 from hdp.plan import build_cost_model, make_plan
-from hdp.runtime.micro_batch_inputs import rank_inputs
+from hdp.runtime.train.inputs import rank_inputs
 from tests.data import files
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,7 @@ import torch
 from hdp.data.batches import BatchStream
 from hdp.data.load import load_training_data
 from hdp.plan import get_model
-from hdp.runtime.model import build_model
+from hdp.runtime.model.decoder import build_model
 from tests.conftest import plain_attention, read_jsonl, reference_adamw, reference_step
 from tests.data import files
 

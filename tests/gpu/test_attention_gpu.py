@@ -14,7 +14,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("causal,nq,nk", [(True, 256, 256), (False, 200, 333), (True, 1, 1)])
 def test_cuda_flash_pair_kernel_equals_matmul(causal, nq, nk):
-    from hdp.runtime.pair_kernels import choose_kernel, pair_backward, pair_forward
+    from hdp.runtime.attention.pair_kernels import choose_kernel, pair_backward, pair_forward
 
     dev = torch.device("cuda", torch.cuda.current_device())
     g = torch.Generator(device=dev).manual_seed(0)
@@ -33,7 +33,7 @@ def test_cuda_flash_pair_kernel_equals_matmul(causal, nq, nk):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_doc_attention_equals_reference(dtype):
-    from hdp.runtime.doc_attention import doc_attention, reference_doc_attention
+    from hdp.runtime.attention.doc_attention import doc_attention, reference_doc_attention
 
     dev = torch.device("cuda", torch.cuda.current_device())
     lengths = [1, 300, 17, 1024, 64]
@@ -53,9 +53,9 @@ def test_cuda_doc_attention_equals_reference(dtype):
 def test_document_mask_is_built_once_for_all_layers():
     """FlexAttention's block mask (or flash-attn's cu_seqlens) per micro-batch, not per layer."""
     from hdp.plan import get_model
-    from hdp.runtime.attention import MicroBatchAttention
-    from hdp.runtime.layout import build_layout
-    from hdp.runtime.model import build_model
+    from hdp.runtime.attention.dispatch import MicroBatchAttention
+    from hdp.runtime.attention.layout import build_layout
+    from hdp.runtime.model.decoder import build_model
     from tests.conftest import build_plan
 
     dev = torch.device("cuda", torch.cuda.current_device())

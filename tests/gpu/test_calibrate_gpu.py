@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hdp.cli import main
-from hdp.plan.device import load_profile
+from hdp.plan.cost.device import load_profile
 
 pytestmark = [
     pytest.mark.gpu,

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from hdp.runtime.offload import ActivationOffloader
+from hdp.runtime.offload.activations import ActivationOffloader
 from tests.runtime.tiny_llama import TinyLlama
 from tests.runtime.tiny_llama import forward_backward as run
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hdp.cli import main
-from hdp.plan.device import DeviceProfile, load_profile
+from hdp.plan.cost.device import DeviceProfile, load_profile
 
 pytestmark = pytest.mark.timeout(120)
 

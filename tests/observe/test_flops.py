@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hdp.plan.flops import batch_flops, causal_attention_flops, linear_flops_per_token, mfu, tflops_per_device, torchtitan_flops
-from hdp.plan.model_config import ModelConfig, get_model
+from hdp.plan.cost.flops import batch_flops, causal_attention_flops, linear_flops_per_token, mfu, tflops_per_device, torchtitan_flops
+from hdp.plan.cost.model_config import ModelConfig, get_model
 
 TINY = get_model("tiny")  # h=32, 2 layers, 4 heads x 8, 2 KV heads (kv_dim 16), ffn 64, vocab 256
 

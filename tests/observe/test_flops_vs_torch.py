@@ -1,4 +1,4 @@
-"""hdp.plan.flops against torch's own FLOP counter on the runtime's model.
+"""hdp.plan.cost.flops against torch's own FLOP counter on the runtime's model.
 
 The model runs with an attention that computes each query row against exactly the keys it may see
 (its own document, causal), so the matmuls torch counts are the model's real work: linear layers,
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hdp.plan.flops import batch_flops
-from hdp.plan.model_config import ModelConfig, get_model
-from hdp.runtime.matmul_attention import expand_kv
-from hdp.runtime.model import Decoder
+from hdp.plan.cost.flops import batch_flops
+from hdp.plan.cost.model_config import ModelConfig, get_model
+from hdp.runtime.attention.matmul_attention import expand_kv
+from hdp.runtime.model.decoder import Decoder
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hdp.plan import build_cost_model, get_model, make_plan
-from hdp.plan.device import load_profile
-from hdp.runtime.train_step import StepResult
-from hdp.runtime.report import CPU_PROFILE, metrics_record, peak_tflops_for
+from hdp.plan.cost.device import load_profile
+from hdp.runtime.train.step import StepResult
+from hdp.runtime.observe.report import CPU_PROFILE, metrics_record, peak_tflops_for
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from hdp.cli import main  # noqa: E402
-from hdp.runtime.tensorboard import TensorBoardLog, scalars  # noqa: E402
+from hdp.runtime.observe.tensorboard import TensorBoardLog, scalars  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,4 +1,4 @@
-"""``hdp-wide`` (hdp.plan.critical): a sequence that alone would set the step gets more ranks than
+"""``hdp-wide`` (hdp.plan.schedule.critical): a sequence that alone would set the step gets more ranks than
 the fewest, the target search meets its own conditions, and plans stay valid and never slower by
 the estimate than hdp's."""
 
@@ -9,12 +9,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hdp.plan import get_strategy, make_plan
-from hdp.plan.critical import Widening, member_time
-from hdp.plan.sharding import hold
+from hdp.plan.schedule.critical import Widening, member_time
+from hdp.plan.schedule.sharding import hold
 from hdp.plan.planner import place_all
-from hdp.plan.whole_nodes import round_up
-from hdp.plan.sharding import Placement, place
-from hdp.plan.topology import Topology
+from hdp.plan.schedule.whole_nodes import round_up
+from hdp.plan.schedule.sharding import Placement, place
+from hdp.plan.cost.topology import Topology
 from hdp.plan.validate import violations
 from hdp.plan.zigzag import max_member_tokens
 from hdp.sim import Cluster, simulate_step

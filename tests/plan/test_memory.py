@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hdp.plan import build_cost_model, get_model
-from hdp.plan.memory import activation_bytes_per_token, state_bytes
+from hdp.plan.cost.memory import activation_bytes_per_token, state_bytes
 
 GB = 1e9
 

@@ -20,10 +20,10 @@ def fits(strategy: str, lengths: list[int], ranks: int, capacity: int) -> bool:
     if need > ranks:
         return False
     if strategy == "pow2":
-        from hdp.plan.baselines import pow2_size
+        from hdp.plan.schedule.baselines import pow2_size
         return all(pow2_size(n, capacity, ranks) > 0 for n in lengths)
     if strategy == "static":
-        from hdp.plan.baselines import static_cp_size
+        from hdp.plan.schedule.baselines import static_cp_size
         try:
             static_cp_size(ranks, capacity, max(lengths), lengths)
         except ValueError:
@@ -142,8 +142,8 @@ def test_zigzag_overflow_takes_one_more_rank():
 def test_offload_respects_copy_hiding_and_host_memory():
     import dataclasses
 
-    from hdp.plan.cost import CostModel
-    from hdp.plan.sharding import place
+    from hdp.plan.cost.cost_model import CostModel
+    from hdp.plan.schedule.sharding import place
 
     cost = COST_7B
     p = place(2**21, 8192, cost, offload=True)

@@ -1,4 +1,4 @@
-"""Node-aware ring placement (hdp.plan.topology) and plans made with a topology: rings inside a
+"""Node-aware ring placement (hdp.plan.cost.topology) and plans made with a topology: rings inside a
 node when one has room, no lone member of a multi-node ring, the algorithm recorded, plans valid."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from hdp.plan import Plan, get_strategy, make_plan
 from hdp.plan.planner import place_all, plan_placed
-from hdp.plan.whole_nodes import round_up
-from hdp.plan.topology import Topology, pick_members, ring_algo_for
+from hdp.plan.schedule.whole_nodes import round_up
+from hdp.plan.cost.topology import Topology, pick_members, ring_algo_for
 from hdp.plan.validate import violations
 from hdp.plan.zigzag import max_member_tokens
 

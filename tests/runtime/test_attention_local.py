@@ -8,11 +8,11 @@ import torch
 from hdp.plan import build_cost_model, make_plan
 from hdp.plan.zigzag import zigzag_piece
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Segment
-from hdp.runtime.attention import MicroBatchAttention, hdp_attention
-from hdp.runtime.doc_attention import doc_attention, reference_doc_attention
-from hdp.runtime.layout import build_layout
-from hdp.runtime.matmul_attention import block_backward, block_forward, merge
-from hdp.runtime.ring_comm import RingComm, RingCommError
+from hdp.runtime.attention.dispatch import MicroBatchAttention, hdp_attention
+from hdp.runtime.attention.doc_attention import doc_attention, reference_doc_attention
+from hdp.runtime.attention.layout import build_layout
+from hdp.runtime.attention.matmul_attention import block_backward, block_forward, merge
+from hdp.runtime.attention.ring.comm import RingComm, RingCommError
 from tests.conftest import DIM, HKV, HQ, build_plan, dense_reference, seq_tensors, token_index
 
 pytestmark = pytest.mark.timeout(120)
@@ -194,7 +194,7 @@ def test_ring_comm_raises_on_misuse():
 
 @pytest.mark.parametrize("causal,nq,nk", [(True, 7, 7), (False, 5, 9), (True, 1, 1), (False, 1, 4)])
 def test_fused_pair_kernel_equals_matmul_kernel(causal, nq, nk):
-    from hdp.runtime.pair_kernels import choose_kernel, pair_backward, pair_forward
+    from hdp.runtime.attention.pair_kernels import choose_kernel, pair_backward, pair_forward
 
     g = torch.Generator().manual_seed(nq * 10 + nk)
     q, dout = (torch.randn(nq, HQ, DIM, generator=g, dtype=torch.float64) for _ in range(2))

@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import hdp.runtime.pair_kernels as pair_kernels
+import hdp.runtime.attention.pair_kernels as pair_kernels
 from hdp.plan import build_cost_model, make_plan
-from hdp.runtime.attention import MicroBatchAttention, hdp_attention
-from hdp.runtime.layout import build_layout
-from hdp.runtime.ring_comm import RingTimeoutError
+from hdp.runtime.attention.dispatch import MicroBatchAttention, hdp_attention
+from hdp.runtime.attention.layout import build_layout
+from hdp.runtime.attention.ring.comm import RingTimeoutError
 from tests.conftest import build_plan, dense_reference, free_port, seq_tensors, token_index
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]

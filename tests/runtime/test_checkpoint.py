@@ -17,7 +17,7 @@ import shutil
 
 import pytest
 
-from hdp.runtime import checkpoint_files as files
+from hdp.runtime.checkpoint import files
 from tests.runtime.test_train_cli import hdp_train, read_metrics
 
 pytestmark = pytest.mark.dist

@@ -1,6 +1,6 @@
 """Faults injected into real ``hdp train`` runs (gloo, localhost): a rank killed mid-step, a silent
 rank, a NaN gradient, Ctrl-C / SIGTERM / SIGKILL of the launcher. Each must end the run loudly, in
-bounded time, with one line per reporting rank and no process left behind (hdp.runtime.faults)."""
+bounded time, with one line per reporting rank and no process left behind (hdp.runtime.launch.faults)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from hdp.runtime.faults import ENV, Fault
+from hdp.runtime.launch.faults import ENV, Fault
 
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -164,9 +164,9 @@ def test_nan_gradient_on_one_rank_is_seen_by_all_on_that_step(on_nan, tmp_path):
 def test_a_skipped_step_leaves_parameters_and_optimizer_untouched():
     """What a checkpoint helper relies on: ``StepResult.finite`` False means the state is the previous one."""
     from hdp.runtime.config import TrainConfig
-    from hdp.runtime.model_source import build_train_model
-    from hdp.runtime.train_step import build_optimizer, train_step
-    from hdp.runtime.training_run import Run
+    from hdp.runtime.model.source import build_train_model
+    from hdp.runtime.train.step import build_optimizer, train_step
+    from hdp.runtime.train.run import Run
 
     cfg = TrainConfig(steps=2, global_batch_tokens=256, max_seq_len=128, dtype="float64", progress=False)
     run = Run.from_config(cfg, 1)
@@ -221,8 +221,8 @@ def test_a_rank_killed_before_the_first_step_leaves_no_empty_metrics_file(tmp_pa
 
 
 def _seeded_rank(rank: int, port: int, seeds: tuple[int, int]) -> None:
-    from hdp.runtime.launch import die_with_parent
-    from hdp.runtime.worker import run_rank
+    from hdp.runtime.launch.spawn import die_with_parent
+    from hdp.runtime.launch.worker import run_rank
 
     die_with_parent()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -241,8 +241,8 @@ def divergent_config(seed: int):
 def test_divergent_plans_name_the_ranks_and_both_fingerprints_before_any_ring_starts(capfd):
     import multiprocessing as mp
 
-    from hdp.runtime.launch import free_port, watch
-    from hdp.runtime.training_run import Run
+    from hdp.runtime.launch.spawn import free_port, watch
+    from hdp.runtime.train.run import Run
 
     seeds = (0, 1)  # rank 1 was given another seed: other data, another plan
     prints = [Run.from_config(divergent_config(s), 2).plan(0, 2).fingerprint[:15] for s in seeds]

@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Qwen2C
 
 from hdp.cli import main  # noqa: E402
 from hdp.runtime.config import TrainConfig  # noqa: E402
-from hdp.runtime.hf_model import build_hf_model  # noqa: E402
-from hdp.runtime.training_run import Run  # noqa: E402
+from hdp.runtime.model.hf_model import build_hf_model  # noqa: E402
+from hdp.runtime.train.run import Run  # noqa: E402
 from tests.runtime.test_hf_export import hf_loss, loss_at, write_corpus  # noqa: E402
 from tests.runtime.test_train_cli import hdp_train, read_metrics  # noqa: E402
 

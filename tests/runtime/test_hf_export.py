@@ -24,9 +24,9 @@ from safetensors.torch import load_file  # noqa: E402
 from hdp.cli import main  # noqa: E402
 from hdp.plan import get_model  # noqa: E402
 from hdp.runtime.config import TrainConfig  # noqa: E402
-from hdp.runtime.model import build_model  # noqa: E402
-from hdp.runtime.train_step import build_optimizer, forward_backward, train_step  # noqa: E402
-from hdp.runtime.training_run import Run  # noqa: E402
+from hdp.runtime.model.decoder import build_model  # noqa: E402
+from hdp.runtime.train.step import build_optimizer, forward_backward, train_step  # noqa: E402
+from hdp.runtime.train.run import Run  # noqa: E402
 from tests.runtime.test_train_cli import hdp_train, read_metrics  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -116,7 +116,7 @@ def test_export_with_a_tokenizer_gives_the_same_token_ids(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer
 
-    from hdp.runtime.hf_export import export_hf
+    from hdp.runtime.model.hf_export import export_hf
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()

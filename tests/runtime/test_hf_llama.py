@@ -21,11 +21,11 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 from transformers import LlamaForCausalLM  # noqa: E402
 
-from hdp.plan.model_config import ModelConfig  # noqa: E402
-from hdp.runtime.hf_export import llama_config  # noqa: E402
-from hdp.runtime.attention import MicroBatchAttention  # noqa: E402
-from hdp.runtime.layout import AttentionLayout, Span  # noqa: E402
-from hdp.runtime.model import build_model  # noqa: E402
+from hdp.plan.cost.model_config import ModelConfig  # noqa: E402
+from hdp.runtime.model.hf_export import llama_config  # noqa: E402
+from hdp.runtime.attention.dispatch import MicroBatchAttention  # noqa: E402
+from hdp.runtime.attention.layout import AttentionLayout, Span  # noqa: E402
+from hdp.runtime.model.decoder import build_model  # noqa: E402
 
 CFG = ModelConfig("hf-test", hidden_size=48, num_layers=3, num_heads=6, num_kv_heads=2, ffn_size=80, vocab_size=97,
                   rope_theta=500.0, norm_eps=1e-6)
@@ -98,7 +98,7 @@ def test_builtin_decoder_matches_transformers_llama_loss_and_gradients():
 @pytest.mark.timeout(60)
 def test_the_comparison_catches_an_interleaved_rope(monkeypatch):
     """Mutation check: the Meta (adjacent pairs) RoPE layout must fail the comparison above."""
-    import hdp.runtime.model as m
+    import hdp.runtime.model.decoder as m
 
     def interleaved(x, cos, sin):
         x1, x2 = x[..., 0::2], x[..., 1::2]

@@ -30,8 +30,8 @@ from hdp.data.batches import GlobalBatch, Slice  # noqa: E402
 from hdp.data.corpus import BytesCorpus  # noqa: E402
 from hdp.plan.zigzag import member_segments  # noqa: E402
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence  # noqa: E402
-from hdp.runtime.hf_model import build_hf_model  # noqa: E402
-from hdp.runtime.train_step import build_optimizer, train_step  # noqa: E402
+from hdp.runtime.model.hf_model import build_hf_model  # noqa: E402
+from hdp.runtime.train.step import build_optimizer, train_step  # noqa: E402
 from tests.runtime.test_hf_llama import assert_grads_close  # noqa: E402
 from tests.runtime.test_train_step import free_port  # noqa: E402
 
@@ -133,8 +133,8 @@ def test_hf_models_on_3_ranks_with_rings_equal_1_rank_and_plain_transformers(tmp
 @pytest.mark.timeout(60)
 def test_offloaded_hf_layers_give_bit_identical_gradients():
     """Layer i of a transformers model runs inside the offload hook for layer i (module hooks, no patching)."""
-    from hdp.runtime.offload import ActivationOffloader
-    from hdp.runtime.train_step import forward_backward
+    from hdp.runtime.offload.activations import ActivationOffloader
+    from hdp.runtime.train.step import forward_backward
 
     cfg = configs()["llama"]
     cfg.num_hidden_layers = 4  # offloading skips the first and last layer: leave some in the middle
@@ -153,8 +153,8 @@ def test_offloaded_hf_layers_give_bit_identical_gradients():
 @pytest.mark.timeout(30)
 def test_the_registered_mask_function_is_the_one_transformers_calls():
     """A padding mask or a KV cache reaches hdp's mask function and is refused, not silently dropped."""
-    from hdp.runtime.attention import MicroBatchAttention
-    from hdp.runtime.layout import AttentionLayout, Span
+    from hdp.runtime.attention.dispatch import MicroBatchAttention
+    from hdp.runtime.attention.layout import AttentionLayout, Span
 
     model = build_hf_model(configs()["llama"], dtype=torch.float64, device=torch.device("cpu"), seed=SEED)
     ids = torch.arange(6)[None]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hdp.runtime.lr_schedule import lr_at
+from hdp.runtime.optim.lr_schedule import lr_at
 
 
 def test_warmup_then_each_schedule():

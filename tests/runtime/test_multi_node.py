@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hdp.runtime.launch import free_port
+from hdp.runtime.launch.spawn import free_port
 
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from hdp.plan import build_cost_model
-from hdp.plan.sharding import offloaded_layers, place
-from hdp.runtime.host_pool import HostBufferPool, size_class
-from hdp.runtime.offload import ActivationOffloader
+from hdp.plan.schedule.sharding import offloaded_layers, place
+from hdp.runtime.offload.host_pool import HostBufferPool, size_class
+from hdp.runtime.offload.activations import ActivationOffloader
 from tests.runtime.tiny_llama import TinyLlama, forward_backward
 
 NUM_LAYERS = 6

@@ -13,10 +13,10 @@ import torch
 
 from hdp.plan import build_cost_model, get_model, make_plan
 from hdp.runtime.config import TrainConfig
-from hdp.runtime.launch import free_port
-from hdp.runtime.model import build_model
-from hdp.runtime.train_step import build_optimizer, train_step
-from hdp.runtime.worker import run_rank
+from hdp.runtime.launch.spawn import free_port
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.train.step import build_optimizer, train_step
+from hdp.runtime.launch.worker import run_rank
 from tests.runtime.test_zero import random_batch
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from hdp.runtime.attention import MicroBatchAttention, hdp_attention
-from hdp.runtime.layout import build_layout
-from hdp.runtime.ring_select import effective_algo, node_grid, rings_by_algo, with_ring_algo
+from hdp.runtime.attention.dispatch import MicroBatchAttention, hdp_attention
+from hdp.runtime.attention.layout import build_layout
+from hdp.runtime.attention.ring.select import effective_algo, node_grid, rings_by_algo, with_ring_algo
 from tests.conftest import build_plan, dense_reference, free_port, token_index
 from tests.runtime.test_attention_ring import _init, _start
 
@@ -131,9 +131,9 @@ def test_effective_algo_and_rings_by_algo():
 def test_variants_send_where_they_say():
     """Who each member sends to (the exactness test cannot see direction: a lane going the wrong way is
     still exact, just not bidirectional)."""
-    from hdp.runtime.ring import RingContext
-    from hdp.runtime.ring_bidirectional import _peers
-    from hdp.runtime.ring_two_level import _Grid
+    from hdp.runtime.attention.ring.flat import RingContext
+    from hdp.runtime.attention.ring.bidirectional import _peers
+    from hdp.runtime.attention.ring.two_level import _Grid
 
     plan = with_ring_algo(build_plan(WORLD, LENGTHS, ROUNDS), "two-level", GPN)
     ring = RingContext(build_layout(plan, 1, 1).rings[0], 1)  # ring (4, 1, 0, 3, 5, 2): rank 1 is cell (1, 0)

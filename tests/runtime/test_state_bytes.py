@@ -1,6 +1,6 @@
 """The bytes each rank holds for parameters, gradients and optimizer states, measured on 4 gloo ranks,
 equal a formula written here from the parameter count, dtype, zero stage and world size, and the
-planner's ``hdp.plan.memory.state_bytes`` (which the derived capacity uses)."""
+planner's ``hdp.plan.cost.memory.state_bytes`` (which the derived capacity uses)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hdp.plan import build_cost_model, get_model, make_plan
-from hdp.plan.memory import state_bytes
-from hdp.runtime.memory_stats import memory_record
-from hdp.runtime.model import build_model
-from hdp.runtime.train_step import build_optimizer, train_step
+from hdp.plan.cost.memory import state_bytes
+from hdp.runtime.observe.memory_stats import memory_record
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.train.step import build_optimizer, train_step
 from tests.runtime.test_train_step import free_port
 from tests.runtime.test_zero import random_batch
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from hdp.data.batches import GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus
 from hdp.plan import get_model
-from hdp.runtime.layout import Span
-from hdp.runtime.model import build_model
-from hdp.runtime.ring_select import rings_by_algo, with_ring_algo
-from hdp.runtime.train_step import build_optimizer, train_step
+from hdp.runtime.attention.layout import Span
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.attention.ring.select import rings_by_algo, with_ring_algo
+from hdp.runtime.train.step import build_optimizer, train_step
 from tests.conftest import build_plan, free_port, plain_attention
 from tests.runtime.test_attention_ring import _init, _start
 from tests.runtime.test_train_cli import hdp_train, read_metrics
@@ -122,7 +122,7 @@ def test_gpus_per_node_alone_plans_two_level_rings_by_node():
     """--gpus-per-node without --ring-algo: the planner places rings by node with two-level rings
     (the default of hdp plan too); without either, rings stay flat as before."""
     from hdp.runtime.config import TrainConfig
-    from hdp.runtime.training_run import Run
+    from hdp.runtime.train.run import Run
 
     common = dict(global_batch_tokens=1024, max_seq_len=512)  # capacity derived: rings of 4 ranks
     aware = Run.from_config(TrainConfig(gpus_per_node=2, **common), num_ranks=4).plan(0, 4)

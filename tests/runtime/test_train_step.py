@@ -20,10 +20,10 @@ from hdp.data.batches import GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus
 from hdp.plan import get_model
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
-from hdp.runtime.launch import watch
-from hdp.runtime.model import build_model
-from hdp.runtime.plan_check import check_world_size
-from hdp.runtime.train_step import build_optimizer, train_step
+from hdp.runtime.launch.spawn import watch
+from hdp.runtime.model.decoder import build_model
+from hdp.runtime.parallel.plan_check import check_world_size
+from hdp.runtime.train.step import build_optimizer, train_step
 from tests.conftest import free_port, plain_attention, reference_adamw, reference_step
 
 pytestmark = pytest.mark.dist
@@ -102,7 +102,7 @@ def test_world_size_must_match_the_plan():
 def _diverging_rank(rank: int, port: int) -> None:
     """Ranks disagree on the data (seed): the fingerprint check must stop both before any ring starts."""
     from hdp.runtime.config import TrainConfig
-    from hdp.runtime.worker import run_rank
+    from hdp.runtime.launch.worker import run_rank
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -114,7 +114,7 @@ def _diverging_rank(rank: int, port: int) -> None:
 def _dead_rank(rank: int, port: int) -> None:
     """Rank 1 joins the group and dies before the first step; rank 0 must fail, not hang."""
     from hdp.runtime.config import TrainConfig
-    from hdp.runtime.worker import run_rank
+    from hdp.runtime.launch.worker import run_rank
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -12,9 +12,9 @@ from hdp.data.batches import BatchStream, GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus, default_corpus
 from hdp.plan import get_model
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
-from hdp.runtime.layout import Span
-from hdp.runtime.micro_batch_inputs import IGNORE, rank_inputs
-from hdp.runtime.model import build_model
+from hdp.runtime.attention.layout import Span
+from hdp.runtime.train.inputs import IGNORE, rank_inputs
+from hdp.runtime.model.decoder import build_model
 from tests.conftest import plain_attention
 
 pytestmark = pytest.mark.timeout(30)
@@ -82,9 +82,9 @@ def test_layer_context_wraps_each_layer_and_changes_nothing():
 
 def test_attention_metadata_is_built_once_per_micro_batch_and_shared_by_every_layer(monkeypatch):
     """torchtitan-style: masks and row indices per micro-batch, not per layer (L layers, 1 build)."""
-    from hdp.runtime import attention as attention_module
-    from hdp.runtime import micro_batch_inputs
-    from hdp.runtime.train_step import forward_backward
+    from hdp.runtime.attention import dispatch as attention_module
+    from hdp.runtime.train import inputs as micro_batch_inputs
+    from hdp.runtime.train.step import forward_backward
     from tests.conftest import build_plan
 
     builds: list[object] = []
@@ -115,7 +115,7 @@ def test_attention_metadata_is_built_once_per_micro_batch_and_shared_by_every_la
 
 def test_a_resumed_runs_progress_bar_starts_at_the_steps_already_done(tmp_path):
     from hdp.runtime.config import TrainConfig
-    from hdp.runtime.report import Reporter
+    from hdp.runtime.observe.report import Reporter
 
     rep = Reporter(TrainConfig(steps=5, metrics=str(tmp_path / "m.jsonl")), enabled=True, start_step=3)
     try:

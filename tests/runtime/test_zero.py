@@ -20,9 +20,9 @@ import torch.multiprocessing as mp
 from hdp.data.batches import GlobalBatch, Slice
 from hdp.data.corpus import BytesCorpus
 from hdp.plan import build_cost_model, get_model, make_plan
-from hdp.runtime.model import build_model
+from hdp.runtime.model.decoder import build_model
 from tests.conftest import plain_attention, reference_adamw, reference_step
-from hdp.runtime.train_step import build_optimizer, train_step
+from hdp.runtime.train.step import build_optimizer, train_step
 from tests.runtime.test_train_step import free_port, hand_batch, hand_plan
 
 pytestmark = pytest.mark.dist

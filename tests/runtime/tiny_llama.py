@@ -1,4 +1,4 @@
-"""A tiny LLaMA-shaped layer stack for the offload tests (the real model lives in hdp.runtime.model).
+"""A tiny LLaMA-shaped layer stack for the offload tests (the real model lives in hdp.runtime.model.decoder).
 
 RMSNorm, q/k/v/o projections with RoPE and causal softmax attention written out in matmuls, SwiGLU.
 Its forward takes the same ``layer_context`` hook as the runtime model: layer i runs inside it.
@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from hdp.runtime.offload import ActivationOffloader
+    from hdp.runtime.offload.activations import ActivationOffloader
 
 
 class RMSNorm(nn.Module):

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from hdp.plan import build_cost_model
-from hdp.plan.draft import Draft
-from hdp.plan.topology import Topology
+from hdp.plan.schedule.draft import Draft
+from hdp.plan.cost.topology import Topology
 from hdp.sim import Cluster
 from hdp.sim.microbatch import MicroBatchTimer
 
@@ -41,7 +41,7 @@ def by_hand(k: int) -> tuple[float, float, float]:
 
 
 def _fwd_share() -> float:
-    from hdp.plan.cost import ATTN_FWD_SHARE
+    from hdp.plan.cost.cost_model import ATTN_FWD_SHARE
     return ATTN_FWD_SHARE
 
 

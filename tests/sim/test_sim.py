@@ -10,9 +10,9 @@ import pytest
 
 from hdp.cli import main
 from hdp.plan import build_cost_model, make_plan
-from hdp.plan.draft import Draft, DraftMicroBatch
+from hdp.plan.schedule.draft import Draft, DraftMicroBatch
 from hdp.sim import Cluster, simulate_step
-from hdp.plan.cost import ATTN_FWD_SHARE
+from hdp.plan.cost.cost_model import ATTN_FWD_SHARE
 from hdp.sim.pipeline import one_f_one_b
 
 COST = build_cost_model("llama-7b")

@@ -1,0 +1,117 @@
+"""Baselines as planners, emitting the same Plan so the runtime and simulator compare fairly.
+
+* ``static``: a fixed DP x CP mesh, as Megatron-LM / MegaScale jobs run. CP is fixed before the job
+  sees data: the smallest divisor of the rank count whose group holds ``max_len``. Sequences are
+  packed into CP-group micro-batches of CP*C tokens and every sequence in them is split over the
+  whole group; micro-batches are dealt to DP groups balancing tokens (what packing equalises).
+* ``pow2``: dynamic CP restricted to pre-built, aligned power-of-two groups (Megatron-LM's dynamic
+  context parallel): a sequence gets the smallest power-of-two group that holds it; work is balanced
+  by time, but rings cannot take arbitrary rank sets and short sequences never share a ring's spare
+  capacity.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from hdp.plan.schedule.balance import pack_best_fit
+from hdp.plan.cost.cost_model import CostModel
+from hdp.plan.schedule.draft import Draft
+from hdp.plan.schedule.sharding import PlanError
+from hdp.plan.zigzag import max_member_tokens, member_shares, ranks_needed
+
+
+def static_cp_size(num_ranks: int, capacity: int, max_len: int, lengths: list[int] = ()) -> int:
+    """The smallest divisor of the rank count whose group holds max_len (and, with zig-zag
+    rounding, every member's share of every sequence in the batch)."""
+    need = ranks_needed(max_len, capacity)
+    for cp in range(need, num_ranks + 1):
+        if num_ranks % cp == 0 and (cp == 1 or all(max_member_tokens(n, cp) <= capacity for n in lengths)):
+            return cp
+    raise PlanError(
+        f"a static mesh needs context parallelism >= {need:,} to hold {max_len:,} tokens at capacity "
+        f"{capacity:,}, but no divisor of {num_ranks:,} ranks is that large: raise {{num_ranks}} or {{capacity}}"
+    )
+
+
+def plan_static(draft: Draft, max_len: int) -> int:
+    """Fill ``draft`` with a static DP x CP plan; returns the CP size."""
+    n, cap, lengths = draft.num_ranks, draft.capacity, draft.lengths
+    cp = static_cp_size(n, cap, max_len, sorted(set(lengths)))
+    dp = n // cp
+    # A micro-batch fits when every member's share stays within C.
+    bins: list[tuple[list[int], list[int]]] = []  # (seqs, per-member tokens)
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        share = member_shares(lengths[i], cp) if cp > 1 else [lengths[i]]
+        top, total = max(share), sum(share)
+        for seqs, used in bins:
+            if sum(used) + total > cp * cap:
+                continue
+            if max(used) + top <= cap or all(u + s <= cap for u, s in zip(used, share)):
+                seqs.append(i)
+                for j, s in enumerate(share):
+                    used[j] += s
+                break
+        else:
+            bins.append(([i], share))
+    heap = [(0, g) for g in range(dp)]
+    groups: list[list[list[int]]] = [[] for _ in range(dp)]
+    for seqs, used in sorted(bins, key=lambda b: (-sum(b[1]), b[0][0])):
+        tokens, g = heapq.heappop(heap)
+        groups[g].append(seqs)
+        heapq.heappush(heap, (tokens + sum(used), g))
+    for g, mbs in enumerate(groups):
+        members = list(range(g * cp, (g + 1) * cp))
+        for seqs in mbs:
+            if cp == 1:
+                draft.ranks[members[0]].append(draft.seq_micro_batch(seqs))
+                continue
+            rings = [draft.new_ring(s, members) for s in sorted(seqs)]
+            for r in members:
+                draft.ranks[r].append(draft.ring_micro_batch(rings))
+    return cp
+
+
+def pow2_size(length: int, capacity: int, num_ranks: int) -> int:
+    """The smallest power-of-two group whose members' zig-zag shares fit C; 0 when none up to
+    ``num_ranks`` does."""
+    k = 1
+    while k <= num_ranks:
+        if k * capacity >= length and (k == 1 or max_member_tokens(length, k) <= capacity):
+            return k
+        k *= 2
+    return 0
+
+
+def plan_pow2(draft: Draft, cost: CostModel) -> None:
+    """Fill ``draft`` with power-of-two rings on aligned groups, balanced by time (LPT)."""
+    n, cap, lengths = draft.num_ranks, draft.capacity, draft.lengths
+    sizes = [pow2_size(length, cap, n) for length in lengths]
+    for i, k in enumerate(sizes):
+        if k == 0:
+            raise PlanError(
+                f"sequence {i} has {lengths[i]:,} tokens; pow2 needs an aligned power-of-two group "
+                f"larger than {n:,} ranks to hold it: raise {{num_ranks}} or {{capacity}}"
+            )
+    load = [0.0] * n
+    rings = sorted((i for i, k in enumerate(sizes) if k > 1),
+                   key=lambda i: (-cost.seq_time(lengths[i], sizes[i]), i))
+    for i in rings:
+        k = sizes[i]
+        t = cost.seq_time(lengths[i], k) + cost.micro_batch_overhead(k)
+        best = min(range(n // k), key=lambda b: (max(load[b * k:(b + 1) * k]), b))
+        members = list(range(best * k, (best + 1) * k))
+        start = max(load[r] for r in members)
+        g = draft.new_ring(i, members)
+        for r in members:
+            draft.ranks[r].append(draft.ring_micro_batch([g]))
+            load[r] = start + t
+    heap = [(load[r], r) for r in range(n)]
+    heapq.heapify(heap)
+    tails: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted((i for i, k in enumerate(sizes) if k == 1), key=lambda i: (-lengths[i], i)):
+        t, r = heapq.heappop(heap)
+        tails[r].append(i)
+        heapq.heappush(heap, (t + cost.seq_time(lengths[i]), r))
+    for r in range(n):
+        draft.ranks[r].extend(draft.seq_micro_batch(mb) for mb in pack_best_fit(tails[r], lengths, cap))

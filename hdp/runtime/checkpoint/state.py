@@ -1,0 +1,192 @@
+"""Save and restore a run with torch.distributed.checkpoint (DCP), sharded, reshardable.
+
+Every flat buffer of ``ShardedAdamW`` (parameters in the compute dtype, master weights, AdamW's
+two moments) is saved as one 1-D DTensor of the model's ``numel`` elements, ``Shard(0)`` over a
+mesh of all ranks: rank r writes ``[r*S, min((r+1)*S, numel))`` with ``S = ceil(numel / W)``, which
+is exactly the slice ``--zero 1/2`` owns (its buffers are padded to ``S * W``), so nothing is
+gathered on one rank. With ``--zero 0`` every rank holds everything and still writes only its
+slice. Loading asks DCP for the slices the *new* world size owns (or, with ``--zero 0``, for the
+whole tensor), and DCP's load-time resharding reads them from whichever files hold them: a
+checkpoint of 3 ranks resumes on 4 or on 1. The parameter layout (names, offsets, shapes) does not
+depend on the world size, only the padding at the end does.
+
+The step, Adam's step count and the RNG state ride in ``hdp.json`` (``checkpoint_files``), which
+rank 0 writes into the temporary directory after DCP's files, before the rename.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
+
+from hdp.runtime.checkpoint import files
+from hdp.runtime.config import TrainConfig
+from hdp.runtime.optim.zero import ShardedAdamW
+
+STATES = ("param", "master", "exp_avg", "exp_avg_sq")
+
+
+def exact_config(config: TrainConfig) -> dict[str, Any]:
+    """The config fields that decide a run's losses (``files.EXACT_FIELDS``), as saved in ``hdp.json``."""
+    values = {k: getattr(config, k) for k in files.EXACT_FIELDS if k != "schedule_steps"}
+    return {**values, "schedule_steps": config.lr_steps}
+
+
+def layout_of(optimizer: ShardedAdamW) -> list[list[Any]]:
+    return [[e.name, e.offset, e.numel, list(e.shape)] for e in optimizer.layout]
+
+
+class Checkpointer:
+    """One rank's view of ``--save-dir``: ``save`` after a step, ``restore`` before the first."""
+
+    def __init__(self, config: TrainConfig, optimizer: ShardedAdamW, data_id: str, rank: int, world_size: int) -> None:
+        self.config, self.optimizer, self.data_id = config, optimizer, data_id
+        self.rank, self.world_size = rank, world_size
+        # A group of its own: an async save's background collectives never pair with training's.
+        self.group = dist.new_group(backend="gloo") if config.async_save else None
+        self.mesh = init_device_mesh("cpu", (world_size,))
+        self._pending: tuple[Future, int] | None = None
+
+    # -- the tensors DCP sees -----------------------------------------------------------------------
+    def _flat(self) -> dict[str, torch.Tensor]:
+        o = self.optimizer
+        lo, hi = o.shard_range
+        param = o.flat_param if o.zero == 0 else o.flat_param[lo:hi]
+        return {"param": param, "master": o.master, "exp_avg": o.exp_avg, "exp_avg_sq": o.exp_avg_sq}
+
+    def _chunk(self) -> tuple[int, int]:
+        """This rank's slice of ``[0, numel)`` under Shard(0): torch.chunk's rule, the zero-1 shard."""
+        n = self.optimizer.numel
+        size = -(-n // self.world_size)
+        lo = min(n, self.rank * size)
+        return lo, min(n, lo + size)
+
+    def _sharded(self, tensors: dict[str, torch.Tensor], copy: bool) -> dict[str, Any]:
+        """Each flat tensor's valid part as a Shard(0) DTensor of ``numel`` elements; ``copy``: a host copy
+        of its own (DCP's stager cannot copy a view of the live flat buffers, and training overwrites them)."""
+        lo, hi = self._chunk()
+        zero = self.optimizer.zero
+        out: dict[str, Any] = {}
+        for name, t in tensors.items():
+            local = t[lo:hi] if zero == 0 else t[: hi - lo]  # zero >= 1 buffers start at this rank's offset
+            if copy:
+                local = local.detach().to("cpu", copy=True)
+            out[name] = DTensor.from_local(local, self.mesh, [Shard(0)], run_check=False,
+                                           shape=torch.Size([self.optimizer.numel]), stride=(1,))
+        return out
+
+    # -- save ---------------------------------------------------------------------------------------
+    def save(self, step: int) -> None:
+        """Checkpoint the state after ``step`` steps into ``step-NNNNNN`` (async: returns once staged)."""
+        self.wait()
+        final = files.step_dir(self.config.save_dir, step)
+        tmp = final + ".tmp"
+        if self.rank == 0:
+            os.makedirs(self.config.save_dir, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a save cut short by an earlier crash
+        dist.barrier(group=self.group)
+        state = self._sharded(self._flat(), copy=self.config.async_save or self.optimizer.device.type != "cpu")
+        try:
+            if self.config.async_save:
+                self._pending = (dcp.async_save(state, checkpoint_id=tmp, process_group=self.group), step)
+            else:
+                dcp.save(state, checkpoint_id=tmp, process_group=self.group)
+                self._finish(step)
+        except (OSError, CheckpointException) as e:
+            raise _write_failed(tmp, e) from None
+
+    def wait(self) -> None:
+        """Complete the async save in flight, if any (before the next save and at the end of the run)."""
+        if self._pending is not None:
+            fut, step = self._pending
+            self._pending = None
+            try:
+                fut.result()
+                self._finish(step)
+            except (OSError, CheckpointException) as e:
+                raise _write_failed(files.step_dir(self.config.save_dir, step) + ".tmp", e) from None
+
+    def _finish(self, step: int) -> None:
+        dist.barrier(group=self.group)  # every rank's file is written
+        if self.rank == 0:
+            final = files.step_dir(self.config.save_dir, step)
+            files.write_manifest(final + ".tmp", self._manifest(step))
+            files.publish(final + ".tmp", final)
+            files.prune(self.config.save_dir, self.config.keep)
+        dist.barrier(group=self.group)
+
+    def _manifest(self, step: int) -> dict[str, Any]:
+        return {"format": files.FORMAT, "step": step, "adam_steps": self.optimizer.num_steps,
+                "world_size": self.world_size, "zero": self.optimizer.zero, "numel": self.optimizer.numel,
+                "config": exact_config(self.config), "data": self.data_id, "layout": layout_of(self.optimizer),
+                "rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+
+    # -- restore ------------------------------------------------------------------------------------
+    def restore(self, path: str) -> int:
+        """Load checkpoint ``path`` into the optimizer and model; returns the step to continue from."""
+        manifest = files.read_manifest(path)
+        files.check_compatible(manifest, exact_config(self.config), layout_of(self.optimizer), self.data_id, path)
+        o = self.optimizer
+        if o.zero == 0:  # every rank holds the whole buffers: ask for all of each
+            state: dict[str, Any] = {k: v[: o.numel] for k, v in self._flat().items()}
+        else:
+            state = self._sharded(self._flat(), copy=False)
+        try:
+            dcp.load(state, checkpoint_id=path, process_group=self.group)
+        except Exception as e:  # noqa: BLE001 - DCP wraps every reader error; the cause is the file
+            raise ValueError(f"checkpoint {path!r} could not be read ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): resume from "
+                             "an earlier step-* directory") from None
+        if o.zero >= 1 and o._distributed():  # parameters outside this rank's shard come from their owners
+            lo, hi = o.shard_range
+            dist.all_gather_single(o.flat_param, o.flat_param[lo:hi], group=o.group)
+        o.num_steps = int(manifest["adam_steps"])
+        rng = base64.b64decode(manifest["rng"])
+        torch.set_rng_state(torch.frombuffer(bytearray(rng), dtype=torch.uint8))
+        return int(manifest["step"])
+
+
+def open_checkpoint(config: TrainConfig, doc_lengths, optimizer: ShardedAdamW, rank: int,
+                    world_size: int) -> tuple[Checkpointer | None, int]:
+    """The run's checkpointer (None without --save-dir or --resume) and the step to start at.
+
+    Resuming trims rank 0's --metrics and --dump-batches to the steps before the checkpoint, so a run
+    killed after its last checkpoint lists every step once after the restart.
+    """
+    source = files.resume_source(config.resume, config.save_dir, files.restarted_by_agent())
+    if source is None and not config.save_dir:
+        return None, 0
+    ckpt = Checkpointer(config, optimizer, files.data_identity(doc_lengths), rank, world_size)
+    start = ckpt.restore(source) if source else 0
+    if start > config.steps:
+        raise ValueError(f"checkpoint {source!r} is of step {start:,}, past --steps {config.steps:,}: "
+                         "raise --steps to continue training")
+    if rank == 0 and start:
+        files.trim_jsonl(config.metrics, start)
+        files.trim_jsonl(config.dump_batches, start)
+    return ckpt, start
+
+
+def after_step(ckpt: Checkpointer | None, config: TrainConfig, done: int) -> None:
+    """Save after ``done`` steps when --save-every says so, and after the last step."""
+    if ckpt is None or not config.save_dir:
+        return
+    if done == config.steps or (config.save_every and done % config.save_every == 0):
+        ckpt.save(done)
+
+
+def _write_failed(tmp: str, e: BaseException) -> ValueError:
+    """One line for a save that could not be written, synchronous or async alike."""
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ValueError(f"writing checkpoint {tmp!r} failed ({text}): check --save-dir's space and permissions; "
+                      "the earlier checkpoints are kept")

@@ -1,0 +1,206 @@
+"""What one rank does for a whole run: process group, model, then per step plan -> train_step -> report.
+
+Every rank computes the same data and plan for a step from the config alone (no broadcast); the
+fingerprint check in ``train_step`` catches any rank that did not. Errors become one line on
+stderr naming the rank and what is wrong, and a non-zero return code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hdp.data.dump import BatchDump
+from hdp.plan.cost.memory import state_bytes as planned_state_bytes
+from hdp.runtime.checkpoint.state import after_step, open_checkpoint
+from hdp.runtime.checkpoint.files import agent_attempt
+from hdp.runtime.config import TrainConfig
+from hdp.runtime.optim.lr_schedule import lr_at
+from hdp.runtime.observe.memory_stats import memory_record
+from hdp.runtime.model.source import build_train_model
+from hdp.runtime.offload.activations import ActivationOffloader
+from hdp.runtime.launch.faults import Fault, maybe_kill
+from hdp.runtime.parallel.peers import PeerError, collective, peer_cause
+
+from hdp.runtime.train.step import StepResult, build_optimizer, train_step
+
+from hdp.runtime.observe.report import Reporter, metrics_record, peak_tflops_for
+from hdp.runtime.train.run import Run
+EXIT_USER_ERROR = 2
+EXIT_PEER_FAILURE = 3
+EXIT_NON_FINITE = 4
+EXIT_INTERRUPTED = 130
+REPORTED_CODES = (EXIT_USER_ERROR, EXIT_PEER_FAILURE, EXIT_NON_FINITE, EXIT_INTERRUPTED)
+"""Exit codes of a rank that has printed its own one-line reason (the launcher adds nothing)."""
+
+
+
+class NonFiniteStep(Exception):
+    """A step's loss or gradient was NaN/Inf under ``--on-nan stop`` (every rank raises it together)."""
+
+
+def pick_device(local_rank: int, use_accelerator: bool) -> torch.device:
+    """Local accelerator ``local_rank`` when asked for and present, else CPU (gloo). No device literals."""
+    if use_accelerator and torch.accelerator.is_available() and local_rank < torch.accelerator.device_count():
+        acc = torch.accelerator.current_accelerator()
+        assert acc is not None
+        torch.accelerator.set_device_index(local_rank)
+        return torch.device(acc.type, local_rank)
+    return torch.device("cpu")
+
+
+def _gather_devices(device: torch.device, world_size: int) -> list[str]:
+    """Every rank's device, for rank 0's summary (one small collective at start-up)."""
+    if world_size == 1:
+        return [str(device)]
+    devices: list[Any] = [None] * world_size
+    with collective("gathering the ranks' devices"):
+        dist.all_gather_object(devices, str(device))
+    return [str(d) for d in devices]
+
+
+def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
+    """Create the default process group once (env:// rendezvous: MASTER_ADDR/MASTER_PORT).
+
+    A torchrun attempt after a restart (TORCHELASTIC_RESTART_COUNT > 0) meets the agent's store
+    again, where the dead attempt's keys still are: its keys go under a prefix of their own, else
+    the rank that got there first reads the dead attempt's gloo addresses and times out."""
+    backend = dist.get_default_backend_for_device(device)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    device_id = device if device.type != "cpu" else None
+    attempt = agent_attempt()
+    if attempt == 0:
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id)
+        return
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"hdp/attempt-{attempt}", store), rank=rank,
+                            world_size=world_size, timeout=timeout, device_id=device_id)
+
+
+def say(line: str) -> None:
+    """One line on stderr in one write: ranks that fail at once must not interleave their lines."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *, use_accelerator: bool) -> int:
+    """Train on this rank; returns the process exit code (0 on success)."""
+    try:
+        return _train(config, rank, world_size, local_rank, use_accelerator)
+    except ValueError as e:
+        say(f"hdp train: error: rank {rank}: {e}")
+        return EXIT_USER_ERROR
+    except (dist.DistError, PeerError) as e:  # a peer died, hung or left: not a bug of ours
+        cause = str(e) if isinstance(e, PeerError) else peer_cause(e)
+        say(f"hdp train: error: rank {rank}: a peer failed or did not answer within --timeout "
+            f"{config.timeout_s:g} s: {cause}")
+        return EXIT_PEER_FAILURE
+    except NonFiniteStep as e:  # every rank knows; one says it
+        if rank == 0:
+            say(f"hdp train: error: {e}")
+        return EXIT_NON_FINITE
+    except KeyboardInterrupt:  # under torchrun the agent forwards Ctrl-C: one line, no traceback per rank
+        if rank == 0:
+            say("hdp train: interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - a broken group cannot always be torn down; exiting is enough
+                pass
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool) -> int:
+    run = Run.from_config(config, world_size)
+    config = run.config
+    run.check_feasible(world_size)
+    offload_layers = run.offload_layers()
+    device = pick_device(local_rank, use_accelerator)
+    init_group(rank, world_size, device, config.timeout_s)
+    model = build_train_model(config, device)
+    fault = Fault.from_env()  # HDP_DEBUG_FAULT (hdp.runtime.launch.faults); None in normal runs
+    if fault is not None:
+        fault.install(model, rank)
+    zero = config.zero_for(world_size)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
+    ckpt, start_step = open_checkpoint(config, run.stream.corpus.doc_lengths, optimizer, rank, world_size)
+    planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
+    fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
+             "planned_state_bytes": planned}
+    offload = None
+    if config.offload or offload_layers:
+        offload = ActivationOffloader(device, model.cfg.num_layers, model.parameters())
+    reporter = Reporter(config, enabled=rank == 0, data=run.data, start_step=start_step)
+    reporter.devices = _gather_devices(device, world_size)
+    peak = peak_tflops_for(device, run.cost)
+    dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None
+    try:
+        for step in range(start_step, config.steps):
+            maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.launch.faults)
+            start = time.perf_counter()
+            plan = run.plan(step, world_size)
+            lr = lr_at(step, lr=config.lr, steps=config.lr_steps, schedule=config.lr_schedule,
+                       warmup_steps=config.warmup_steps, min_lr=config.final_lr)
+            batch = run.stream.batch(step)
+            if fault is not None:
+                fault.current_step = step
+            try:
+                result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
+                                    timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
+                                    offload_layers=offload_layers, lr=lr)
+            except (PeerError, dist.DistError) as e:  # say where: step (the ring error names ring, micro-batch, peer)
+                raise PeerError(f"step {step}: {e if isinstance(e, PeerError) else peer_cause(e)}") from e
+            except ValueError as e:
+                raise ValueError(f"step {step}: {e}") from None
+            skipped = not result.finite and check_finite(result, batch, step, config.on_nan, rank)
+            copied = offload.offloaded_bytes if offload else 0
+            elapsed = time.perf_counter() - start
+            record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
+                      "lr": lr, **fixed, **memory_record(optimizer, device)}
+            if skipped:  # null, not NaN: the metrics file stays strict JSON
+                record.update(skipped=True, **{k: None for k in ("loss", "grad_norm") if not math.isfinite(record[k])})
+            reporter.step(record)
+            if dump is not None:  # after the step's timing: reading the whole batch is not training work
+                dump.write(step, batch)
+            after_step(ckpt, config, step + 1)
+        if ckpt is not None:
+            ckpt.wait()
+    finally:
+        reporter.close()
+        if dump is not None:
+            dump.close()
+    if config.export_hf and rank == 0:
+        from hdp.runtime.model.hf_export import export_hf
+
+        export_hf(model, config.export_hf, max_positions=config.max_seq_len, tokenizer=config.tokenizer)
+    reporter.summary()
+    return 0
+
+
+def check_finite(result: StepResult, batch: Any, step: int, on_nan: str, rank: int) -> bool:
+    """A non-finite step (the update was skipped on every rank): raise (``stop``) or warn (``skip``).
+    Returns True: the step was skipped. Either way the model keeps its last finite state."""
+    docs = sorted({s.doc for s in batch.slices})
+    shown = ", ".join(map(str, docs[:20])) + (f", ... ({len(docs)} in all)" if len(docs) > 20 else "")
+    what = (f"step {step}: loss {result.loss:g}, gradient norm {result.grad_norm:g} (documents {shown})")
+    if on_nan == "stop":
+        raise NonFiniteStep(f"{what}: stopped before the update, so the last state is finite (--on-nan skip "
+                            "would skip such steps)")
+    if rank == 0:
+        say(f"hdp train: warning: {what}: update skipped (--on-nan skip)")
+    return True
+
+
+def env_rank() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) under torchrun, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return None

@@ -1,0 +1,192 @@
+"""``--hf-model DIR``: a Hugging Face causal LM behind the built-in decoder's interface.
+
+``HFCausalLM`` takes what the train step gives the built-in ``Decoder`` (token ids [T], positions [T],
+the micro-batch's ``AttentionLayout``) and returns logits [T, V], so the planner, train step, gradient
+sync and optimizer do not know which model they train. Inside, the transformers model runs its own
+modelling code with ``attn_implementation="hdp"`` (``hf_attention``): one packed buffer as a batch of
+one, ``position_ids`` = the tokens' true positions, the layout as a forward keyword.
+
+Only what hdp attention computes exactly is accepted: decoder-only Llama, Qwen2, Qwen3 and Mistral
+models with full causal attention (no sliding window shorter than the sequences, no soft-capping, no
+attention dropout) and RoPE that depends on the position alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hdp.plan.cost.model_config import ModelConfig
+from hdp.runtime.model.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, register
+from hdp.runtime.model.decoder import LayerContext
+
+SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def load_hf_config(path: str, max_seq_len: int):
+    """The model's config from ``path/config.json`` (local only), or ValueError saying what is unsupported."""
+    d = Path(path)
+    if not (d / "config.json").is_file():
+        what = "does not exist" if not d.exists() else "has no config.json"
+        raise ValueError(f"--hf-model {path!r} {what}: give a local Hugging Face model directory with a config.json")
+    from transformers import AutoConfig
+
+    try:
+        with _quiet_transformers():  # its config warnings would precede our one-line error
+            config = AutoConfig.from_pretrained(str(d), local_files_only=True)
+    except (ValueError, OSError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--hf-model {path!r}: cannot read config.json ({first[:200]})") from None
+    check_supported(config, max_seq_len, f"--hf-model {path!r}")
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' warnings and progress bars, off: every rank would print them, around our one-line errors."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        logging.enable_progress_bar()
+
+
+def check_supported(config: Any, max_seq_len: int, path: str = "the model") -> None:
+    families = ", ".join(SUPPORTED_FAMILIES)
+    kind = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{path}: {kind} is an encoder-decoder; hdp trains decoder-only causal LMs ({families})")
+    if kind not in SUPPORTED_FAMILIES:
+        raise ValueError(f"{path}: model type {kind!r} is not supported; supported families: {families}")
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    window = getattr(config, "sliding_window", None)
+    if layer_types - {"full_attention"}:
+        raise ValueError(f"{path}: layers of type {sorted(layer_types - {'full_attention'})} (sliding window "
+                         f"{window}) are not supported; hdp attention is full causal attention")
+    if kind == "mistral" and window is not None and window < max_seq_len:
+        raise ValueError(f"{path}: sliding_window {window} is shorter than --max-seq-len {max_seq_len} and hdp "
+                         f"attention has no sliding window: set --max-seq-len <= {window} or sliding_window to null")
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type in LENGTH_DEPENDENT_ROPE:
+        raise ValueError(f"{path}: rope_type {rope_type!r} depends on the sequence length a rank sees, which ring "
+                         f"pieces do not share; use a position-only RoPE (default, linear, yarn, llama3)")
+    if getattr(config, "attention_dropout", 0.0):
+        raise ValueError(f"{path}: attention_dropout {config.attention_dropout} is not supported; set it to 0")
+    for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, cap, None):
+            raise ValueError(f"{path}: {cap} is not supported")
+
+
+def model_shape(config: Any, name: str) -> ModelConfig:
+    """The planner's view of the model (cost model, capacity): its widths and counts."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    # ModelConfig derives head_dim from the width; where the model decouples them (Qwen3) keep the heads'.
+    hidden = config.hidden_size if config.hidden_size == heads * head_dim else heads * head_dim
+    return ModelConfig(name, hidden_size=hidden, num_layers=config.num_hidden_layers, num_heads=heads,
+                       num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                       ffn_size=config.intermediate_size, vocab_size=config.vocab_size)
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM with the built-in ``Decoder``'s forward: (tokens, positions, layout) -> logits."""
+
+    def __init__(self, hf: nn.Module, name: str = "hf") -> None:
+        super().__init__()
+        register()
+        hf.set_attn_implementation(ATTN_IMPLEMENTATION)  # transformers' own switch (checks the name is registered)
+        self.hf = hf
+        self.cfg = model_shape(hf.config, name)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.hf.model.layers
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
+                layer_context: LayerContext | None = None) -> torch.Tensor:
+        with _layer_hooks(self.layers, layer_context):
+            out = self.hf(input_ids=tokens[None], position_ids=positions[None], use_cache=False,
+                          **{LAYOUT_KWARG: layout})
+        return out.logits[0]                                                    # [T, V]
+
+    def save_hf(self, out_dir: str | Path) -> None:
+        """``save_pretrained`` with the default attention, so the directory loads where hdp is not installed."""
+        self.hf.set_attn_implementation("sdpa")
+        try:
+            with _quiet_transformers():
+                self.hf.save_pretrained(str(out_dir), safe_serialization=True)
+        finally:
+            self.hf.set_attn_implementation(ATTN_IMPLEMENTATION)
+
+
+@contextlib.contextmanager
+def _layer_hooks(layers: nn.ModuleList, layer_context: LayerContext | None):
+    """Run decoder layer i inside ``layer_context(i)`` (activation offloading) with module hooks, not patches."""
+    if layer_context is None:
+        yield
+        return
+    open_: list[contextlib.ExitStack] = []
+    handles = []
+    for i, layer in enumerate(layers):
+        def enter(_m, _args, i=i):
+            stack = contextlib.ExitStack()
+            stack.enter_context(layer_context(i))
+            open_.append(stack)
+
+        def leave(_m, _args, _out):
+            open_.pop().close()
+
+        handles.append(layer.register_forward_pre_hook(enter))
+        handles.append(layer.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        while open_:  # a layer raised: close what it opened
+            open_.pop().close()
+
+
+def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.device, seed: int,
+                   max_seq_len: int = 1 << 30, recompute: bool = False) -> HFCausalLM:
+    """Load ``source`` (a directory, or a config object) with hdp attention; weights if present, else random.
+
+    A random init is seeded with ``seed`` alone, so every rank builds identical weights without a broadcast.
+    """
+    from transformers import AutoModelForCausalLM
+
+    register()
+    if isinstance(source, (str, Path)):
+        config = load_hf_config(str(source), max_seq_len)
+        has_weights = any((Path(source) / f).is_file() for f in WEIGHT_FILES)
+        name = f"hf:{Path(source).name}"
+    else:
+        config, has_weights, name = source, False, f"hf:{source.model_type}"
+        check_supported(config, max_seq_len)
+    if has_weights:
+        try:
+            with _quiet_transformers():
+                hf = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype,
+                                                          attn_implementation=ATTN_IMPLEMENTATION)
+        except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers each raise their own types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--hf-model {str(source)!r}: cannot load its weights ({type(e).__name__}: {first[:200]})") from None
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            hf = AutoModelForCausalLM.from_config(config, attn_implementation=ATTN_IMPLEMENTATION, dtype=dtype)
+    hf.train()
+    if recompute:  # transformers' own per-layer checkpointing, non-reentrant like the built-in model's
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return HFCausalLM(hf.to(device), name)

@@ -1,0 +1,101 @@
+"""One optimizer step of HDP training on one rank: plan check, forward/backward per micro-batch,
+one gradient reduce-scatter (all-reduce with --zero 0), global norm, clip, sharded AdamW, one
+parameter all-gather (``hdp.runtime.optim.zero``).
+
+Exactness: rank r's loss is  sum(token cross-entropies on r) / (labelled tokens in the GLOBAL batch),
+and gradients are summed over ranks, so the step equals single-process training on the whole global
+batch (up to floating-point summation order) for any plan, any number of micro-batches per rank,
+and ranks with no work at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hdp.data.batches import GlobalBatch
+from hdp.plan.types import Plan
+from hdp.runtime.train.inputs import IGNORE, check_batch_matches_plan, num_labelled_tokens, rank_inputs
+from hdp.runtime.model.decoder import Decoder
+from hdp.runtime.offload.activations import ActivationOffloader
+from hdp.runtime.parallel.peers import collective
+from hdp.runtime.parallel.plan_check import check_same_plan, check_world_size
+from hdp.runtime.optim.zero import ShardedAdamW
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Global per-token mean cross-entropy (same on every rank)."""
+    grad_norm: float
+    """Global L2 norm of the summed gradient, before clipping."""
+    tokens: int
+    """Tokens in the global batch."""
+    local_tokens: int
+    local_micro_batches: int
+    finite: bool = True
+    """Loss and gradient norm are finite. Every rank agrees (both come out of the same all-reduce);
+    when False the update was skipped, so parameters and optimizer states are still the last finite ones."""
+
+
+def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
+                     timeout_s: float | None, offload: ActivationOffloader | None = None,
+                     offload_layers: int | None = None) -> tuple[torch.Tensor, int, int]:
+    """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches).
+
+    ``offload_layers`` overrides every micro-batch's planned ``offload_layers`` (``--offload-ratio``).
+    """
+    denom = num_labelled_tokens(plan)
+    if denom == 0:
+        raise ValueError("the global batch has no token with a label (every sequence has length 1): raise --global-batch-tokens")
+    loss_share = torch.zeros((), dtype=torch.float64, device=device)
+    inputs = rank_inputs(plan, batch, rank, device, timeout_s=timeout_s)
+    for mb in inputs:
+        layers = mb.offload_layers if offload_layers is None else offload_layers
+        scope = offload.micro_batch(layers) if offload else contextlib.nullcontext()
+        with scope as layer_context:  # the offloaded activations must come back inside the same scope
+            logits = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context)  # [T, V]
+            loss = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
+                                   ignore_index=IGNORE, reduction="sum") / denom
+            loss.backward()
+        loss_share += loss.detach()  # stays on the device; read once, after the all-reduce
+    return loss_share, sum(mb.num_tokens for mb in inputs), len(inputs)
+
+
+def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: GlobalBatch, *,
+               rank: int, group: dist.ProcessGroup | None, device: torch.device, timeout_s: float | None,
+               max_grad_norm: float = 1.0, offload: ActivationOffloader | None = None,
+               offload_layers: int | None = None, lr: float | None = None) -> StepResult:
+    """One step on this rank. Every rank of ``group`` must call it with the same plan and batch."""
+    world_size = dist.get_world_size(group) if dist.is_initialized() else 1
+    check_world_size(plan, world_size)
+    check_batch_matches_plan(plan, batch)
+    if world_size > 1:
+        check_same_plan(plan, group, device)  # first collective of the step
+    optimizer.zero_grad()
+    loss_share, local_tokens, local_mbs = forward_backward(model, plan, batch, rank, device,
+                                                           timeout_s=timeout_s, offload=offload,
+                                                           offload_layers=offload_layers)
+    # The only collectives of the step: the gradient reduce-scatter (+ one scalar all-reduce), then
+    # step()'s parameter all-gather. A peer that died or hangs surfaces here as a PeerError.
+    with collective("the gradient reduce-scatter and parameter all-gather"):
+        norm, (loss,) = optimizer.reduce([loss_share])
+        grad_norm = float(norm)
+        # A NaN/Inf anywhere reaches the all-reduced norm or loss on every rank: all skip together.
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            optimizer.step(norm, max_grad_norm, lr)
+    return StepResult(loss=loss, grad_norm=grad_norm, tokens=plan.total_tokens,
+                      local_tokens=local_tokens, local_micro_batches=local_mbs, finite=finite)
+
+
+def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1, *, zero: int = 0,
+                    group: dist.ProcessGroup | None = None) -> ShardedAdamW:
+    """AdamW (β = 0.9, 0.95), decay on matrices only, states sharded over ``group`` for ``zero`` >= 1."""
+    return ShardedAdamW(model, lr=lr, zero=zero, weight_decay=weight_decay, group=group)
+
