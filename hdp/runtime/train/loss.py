@@ -1,0 +1,85 @@
+"""Cross-entropy of the LM head without the full [T, V] logits.
+
+At 64K tokens and a 128K vocabulary the logits alone are 16 GiB in bf16 and ``.float()`` adds a 32
+GiB copy; both are kept for backward. ``chunked_cross_entropy`` takes the last hidden states and the
+head's weight instead and walks the tokens in chunks: each chunk's logits (in the model's dtype, then
+float32, exactly as ``F.cross_entropy(lm_head(h).float(), ...)`` would see them) give the chunk's loss
+and, in the same pass, its gradients (softmax - one-hot), so nothing of size [T, V] is ever held and
+backward only scales the stored gradients by the incoming one (the loss is a scalar). Peak extra
+memory: one chunk's logits and the weight's gradient (float32).
+
+Exact: float64 gives the same loss and gradients as ``F.cross_entropy`` to rounding (the test holds
+it to 1e-12); in bf16 the head's matmuls round as ``nn.Linear`` does, and the weight's gradient is
+summed over chunks in float32 (cast once at the end).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ELEMENTS = 1 << 25
+"""Logit elements per chunk (32M: 128 MiB in float32); rows per chunk = this // vocabulary."""
+MIN_CHUNKED_ELEMENTS = 1 << 28
+"""The train step switches to the chunked loss when T x V reaches this (256M logits: 1 GiB in float32)."""
+
+
+def use_chunked(num_tokens: int, vocab_size: int) -> bool:
+    """Whether [T, V] logits are large enough that the train step should not materialise them."""
+    return num_tokens * vocab_size >= MIN_CHUNKED_ELEMENTS
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                          ignore_index: int = -100, scale: float = 1.0, chunk_rows: int | None = None) -> torch.Tensor:
+    """``scale`` x the sum over tokens of cross-entropy(hidden @ weight.T, labels) (``reduction="sum"``).
+
+    hidden [T, h], weight [V, h] (the LM head's), labels [T] with ``ignore_index`` for unlabelled tokens.
+    ``scale`` (the train step's 1 / global tokens) is applied in float32 before the gradients are cast
+    to the model's dtype, as autograd does for ``F.cross_entropy(...) * scale``. Returns a float32
+    scalar (float64 for float64 inputs).
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"chunked_cross_entropy: hidden [T, h], weight [V, h], labels [T]; got "
+                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)}")
+    rows = chunk_rows if chunk_rows is not None else max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return _ChunkedCrossEntropy.apply(hidden, weight, labels, ignore_index, scale, rows)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
+                ignore_index: int, scale: float, rows: int) -> torch.Tensor:
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], rows):
+            h, y = hidden[start:start + rows], labels[start:start + rows]           # [t, h], [t]
+            logits = F.linear(h, weight).to(acc)                                     # [t, V]
+            valid = y != ignore_index
+            target = torch.where(valid, y, 0)
+            lse = torch.logsumexp(logits, dim=-1)                                    # [t]
+            picked = logits.gather(1, target[:, None]).squeeze(1)
+            total += torch.where(valid, lse - picked, 0).sum()
+            if need_h or need_w:
+                # d(sum CE)/d logits = softmax - one_hot, zero on unlabelled rows; computed in place.
+                grad = logits.sub_(lse[:, None]).exp_()
+                grad.scatter_add_(1, target[:, None], torch.full_like(picked[:, None], -1.0))
+                grad.mul_(valid[:, None]).mul_(scale)
+                grad = grad.to(hidden.dtype)                                         # as nn.Linear's backward sees it
+                if grad_h is not None:
+                    grad_h[start:start + rows] = grad @ weight
+                if grad_w is not None:
+                    grad_w += (grad.t() @ h).to(acc)
+        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0),
+                              grad_w.to(weight.dtype) if grad_w is not None else torch.empty(0))
+        ctx.has = (need_h, need_w)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        need_h, need_w = ctx.has
+        g = grad_out.to(grad_h.dtype if need_h else grad_w.dtype)  # 1.0 from loss.backward(): exact
+        return (grad_h * g if need_h else None, grad_w * g if need_w else None, None, None, None, None)
