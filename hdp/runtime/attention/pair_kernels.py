@@ -8,8 +8,11 @@ backward that accepts the *final* output and lse (the ring backward's recomputat
 
 Kernels, chosen by the tensors' device and dtype:
 * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward (all float dtypes).
-* CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its backward. Not yet run on a
-  GPU by this repository's tests; ``kernel="matmul"`` gives the exact reference to compare with.
+* CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its backward, called the way
+  PyTorch's own derivative formula calls it: ``cum_seq_q``/``cum_seq_k`` undefined (``None``), the
+  forward's ``rng_state``/``unused`` as the philox seed/offset. A *defined* cu_seqlens tensor (even a
+  zero-length one) sends the backward down the variable-length path, which rejects 4-D inputs.
+  ``kernel="matmul"`` gives the exact reference to compare with (tests/gpu).
 * Anything else: the exact matmul kernel of ``matmul_attention.py`` (O(Nq*Nk) memory).
 
 Shapes: q [Nq, Hq, D], k/v [Nk, Hkv, D]; out [Nq, Hq, D] and lse [Hq, Nq] in the accumulation dtype;
@@ -18,6 +21,7 @@ dk/dv per kv head. kv heads are expanded here only (the fused kernels have no GQ
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -34,6 +38,24 @@ def choose_kernel(q: torch.Tensor) -> Kernel:
     if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256:
         return "cuda_flash"
     return "matmul"
+
+
+FLASH_FORWARD = torch.ops.aten._scaled_dot_product_flash_attention
+FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_backward
+"""The CUDA flash ops, named once (tests wrap them to see the arguments; the meta kernels run them on CPU)."""
+
+
+@lru_cache(maxsize=None)
+def flash_rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The philox ``(seed, offset)`` tensors the flash forward returns on ``device`` without dropout.
+
+    The ring backward recomputes each pair from the *final* out/lse, so the pair's own forward
+    outputs are gone; without dropout they carry no randomness, and the backward only needs them in
+    the form the forward returns them (shape, dtype, device). One 1-token forward per device, once.
+    """
+    x = torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16, device=device)
+    outputs = FLASH_FORWARD(x, x, x, 0.0, False, False)
+    return outputs[6], outputs[7]
 
 
 def _mask_positions(nq: int, nk: int, causal: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +83,7 @@ def pair_forward(
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             _bhld(q, hq), _bhld(k, hq), _bhld(v, hq), 0.0, causal, scale=scale)[:2]
     else:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-            _bhld(q, hq), _bhld(k, hq), _bhld(v, hq), 0.0, causal, False, scale=scale)[:2]
+        out, lse = FLASH_FORWARD(_bhld(q, hq), _bhld(k, hq), _bhld(v, hq), 0.0, causal, False, scale=scale)[:2]
     return out[0].transpose(0, 1).to(dt), lse[0].to(dt)
 
 
@@ -83,9 +104,9 @@ def pair_backward(
             *args, lse_in, 0.0, causal, scale=scale)
     else:
         lse_in = lse.to(torch.float32).unsqueeze(0).contiguous()
-        nq, nk = q.shape[0], k.shape[0]
-        empty = torch.empty(0, device=q.device)
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            *args, lse_in, empty, empty, nq, nk, 0.0, causal, empty, empty, scale=scale)
+        seed, offset = flash_rng_state(q.device)
+        # cum_seq_q/k None: the dense (batch, heads, tokens) kernel, as the forward returned them.
+        dq, dk, dv = FLASH_BACKWARD(*args, lse_in, None, None, q.shape[0], k.shape[0], 0.0, causal, seed, offset,
+                                    scale=scale)
     to_nhd = lambda x: x[0].transpose(0, 1).to(dt)  # noqa: E731 - [1, H, N, D] -> [N, H, D]
     return to_nhd(dq), reduce_kv(to_nhd(dk), hkv), reduce_kv(to_nhd(dv), hkv)
