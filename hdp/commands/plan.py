@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=1024, help="HDP ranks (default 1024)")
     p.add_argument("--capacity", type=int, default=None,
                    help="tokens per rank per micro-batch (default: derived from device memory and the model)")
-    p.add_argument("--strategy", choices=list(STRATEGIES), default="hdp", help="planner preset (table below; default hdp)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="auto",
+                   help="planner preset (table below; default auto, the fastest by the estimate)")
     add_pp(p, "pipeline stages per HDP rank: every rank is a 1F1B pipeline when P > 1 (default 1)")
     p.add_argument("--balance", choices=("dp", "pp"), default=None,
                    help="kept for old scripts: the scheduler balances pipelines exactly when --pp > 1")
@@ -83,7 +84,7 @@ def summary(plan: Plan, planning_time_s: float, area_floor_s: float | None = Non
         "idle_ranks": sum(1 for c in counts if c == 0),
         "fingerprint": plan.fingerprint,
     }
-    for key in ("cp_size", "offload_ranks_saved"):
+    for key in ("cp_size", "offload_ranks_saved", "chosen", "candidates", "candidate_bounds", "candidates_skipped"):
         if key in plan.extra:
             out[key] = plan.extra[key]
     return out
@@ -111,6 +112,9 @@ def print_summary(info: dict[str, object]) -> None:
         t.add_row("static CP size", str(info["cp_size"]))
     if "offload_ranks_saved" in info:
         t.add_row("ranks saved by offloading", f"{info['offload_ranks_saved']:,}")
+    if "chosen" in info:  # auto: the candidates' predicted times say why it won
+        times = ", ".join(f"{n} {secs:.3f} s" for n, secs in info["candidates"].items())  # type: ignore[union-attr]
+        t.add_row("chosen (auto)", f"{info['chosen']} of {times}")
     t.add_row("predicted step time", f"{info['predicted_step_time_s']:.3f} s")
     t.add_row("lower bound (fewest ranks, no offload)", f"{info['lower_bound_s']:.3f} s")
     t.add_row("ratio", f"{info['ratio']:.3f}")

@@ -11,7 +11,8 @@ from typing import Sequence
 
 from hdp.plan.schedule.balance import plan_balanced, plan_naive
 from hdp.plan.schedule.balance_measure import weights_for
-from hdp.plan.schedule.baselines import plan_pow2, plan_static
+from hdp.plan.auto import choose
+from hdp.plan.schedule.baselines import plan_pow2, plan_static, pow2_sizes, static_cp_size
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.schedule.critical import widened_candidates
 from hdp.plan.schedule.draft import Draft
@@ -48,6 +49,7 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     ``gpus_per_node``; without it plans are as before (flat rings, no topology). With a topology,
     a strategy that widens (``hdp-wide``) keeps the fastest by the estimate of its fewest-ranks
     plan and its widened ones (whole nodes, ``hdp.plan.schedule.critical``), so it is never predicted slower.
+    ``auto`` plans with every candidate strategy and keeps the fastest (``hdp.plan.auto``).
     """
     s = get_strategy(strategy)
     lengths = check_lengths(lengths)
@@ -59,10 +61,9 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     if max_len is not None and longest > max_len:
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
-    placements = place_all(lengths, num_ranks, capacity, cost, s)
-    if topology is not None and s.offload:  # whole nodes by offloading a layer more (rule 4 holds)
-        cap = time_bound(lengths, num_ranks, capacity, cost) if s.offload_cap else None
-        placements = round_down(lengths, placements, capacity, cost, topology, cap)
+    if s.layout == "auto":
+        return _plan_auto(lengths, num_ranks, capacity, cost, s, max_len=max_len, seed=seed, topology=topology)
+    placements = fewest_placements(lengths, num_ranks, capacity, cost, s, topology)
     plan = plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                        topology=topology)
     if topology is None or not s.widen:
@@ -78,6 +79,39 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         if other.predicted_step_time_s < plan.predicted_step_time_s:
             plan = other
     return plan
+
+
+def fewest_placements(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, s: Strategy,
+                      topology: Topology | None) -> list[Placement]:
+    """What a fewest-ranks strategy places before scheduling: ``place_all``, then whole nodes by
+    offloading a layer more where rings are two-level (``round_down``; rule 4 holds)."""
+    placements = place_all(lengths, num_ranks, capacity, cost, s)
+    if topology is not None and s.offload:
+        cap = time_bound(lengths, num_ranks, capacity, cost) if s.offload_cap else None
+        placements = round_down(lengths, placements, capacity, cost, topology, cap)
+    return placements
+
+
+def _plan_auto(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, auto: Strategy, *,
+               max_len: int | None, seed: int, topology: Topology | None) -> Plan:
+    """``auto`` (``hdp.plan.auto``): every candidate with this batch, the fastest kept."""
+    def named(name: str) -> Strategy:
+        s = get_strategy(name)
+        return s.replace(balance_by=auto.balance_by) if s.layout == "fewest" else s
+
+    def plan_one(name: str) -> Plan:
+        return make_plan(lengths, num_ranks, capacity, cost, named(name), max_len=max_len, seed=seed,
+                         topology=topology)
+
+    def sizes_of(name: str) -> list[int]:
+        if name == "static":
+            cp = static_cp_size(num_ranks, capacity, max_len or max(lengths), sorted(set(lengths)))
+            return [cp] * len(lengths)
+        if name == "pow2":
+            return pow2_sizes(lengths, capacity, num_ranks)
+        return [p.ranks for p in fewest_placements(lengths, num_ranks, capacity, cost, named(name), topology)]
+
+    return choose(lengths, num_ranks, cost, plan_one, sizes_of, widen=topology is not None, errors=(PlanError,))
 
 
 def place_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, strategy: Strategy) -> list[Placement]:

@@ -2,7 +2,8 @@
 
 ``hdp plan --strategy``, ``hdp simulate --strategies`` and ``hdp train --strategy`` all look names
 up here, and ``make_plan`` takes a ``Strategy``. The order is the paper's ablation order: each HDP
-row adds one idea to the one above it (``hdp-balance`` is the scheduler without offloading).
+row adds one idea to the one above it (``hdp-balance`` is the scheduler without offloading);
+``auto`` (the default) plans with each of them and keeps the fastest by the estimate (``hdp.plan.auto``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 
 from hdp.plan.schedule.balance_measure import BalanceBy
 
-Layout = Literal["fewest", "static", "pow2"]
+Layout = Literal["fewest", "static", "pow2", "auto"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class Strategy:
     """What plans record as ``strategy``."""
     layout: Layout
     """How ranks are chosen: the fewest per sequence (HDP), a fixed DP x CP mesh, or aligned
-    power-of-two groups."""
+    power-of-two groups; ``auto``: whichever named strategy's plan is predicted fastest."""
     schedule: bool = False
     """HDP layouts only: the balance scheduler (else data-loader order, dealt round-robin)."""
     offload: bool = False
@@ -42,7 +43,7 @@ class Strategy:
     about: str = ""
 
     def __post_init__(self) -> None:
-        if self.layout not in ("fewest", "static", "pow2"):
+        if self.layout not in ("fewest", "static", "pow2", "auto"):
             raise ValueError(f"strategy {self.name!r}: unknown layout {self.layout!r}")
         if self.layout != "fewest" and (self.schedule or self.offload or self.widen):
             raise ValueError(f"strategy {self.name!r}: only the fewest-ranks layout schedules, offloads or widens")
@@ -59,11 +60,12 @@ HDP_NAIVE = Strategy("hdp-naive", "fewest", about="fewest ranks per sequence, da
 HDP_OFFLOAD = Strategy("hdp-offload", "fewest", offload=True, about="hdp-naive + selective activation offloading")
 HDP = Strategy("hdp", "fewest", schedule=True, offload=True, about="hdp-offload + the balance scheduler (the method)")
 HDP_BALANCE = Strategy("hdp-balance", "fewest", schedule=True, about="the balance scheduler without offloading")
+AUTO = Strategy("auto", "auto", about="the fastest of the strategies above by the planner's estimate, per batch (default)")
 HDP_WIDE = Strategy("hdp-wide", "fewest", schedule=True, offload=True, widen=True,
                     about="hdp + more ranks than the fewest where it shortens the step (whole nodes, critical rings)")
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (STATIC, POW2, HDP_NAIVE, HDP_OFFLOAD, HDP, HDP_BALANCE, HDP_WIDE)}
-DEFAULT_STRATEGY = "hdp"
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (STATIC, POW2, HDP_NAIVE, HDP_OFFLOAD, HDP, HDP_BALANCE, HDP_WIDE, AUTO)}
+DEFAULT_STRATEGY = "auto"
 _WITH_OFFLOAD = {"hdp-naive": "hdp-offload", "hdp-balance": "hdp"}
 
 
@@ -76,7 +78,7 @@ def get_strategy(name: str | Strategy, offload: bool = False) -> Strategy:
             s = STRATEGIES[name]
         except KeyError:
             raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
-    if offload and not s.offload:
+    if offload and not s.offload and s.layout != "auto":  # auto already weighs offloading
         if s.name not in _WITH_OFFLOAD:
             raise ValueError(f"strategy {s.name} does not offload; offloading strategies: "
                              f"{', '.join(n for n, t in STRATEGIES.items() if t.offload)}")

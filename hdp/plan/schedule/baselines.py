@@ -83,16 +83,22 @@ def pow2_size(length: int, capacity: int, num_ranks: int) -> int:
     return 0
 
 
-def plan_pow2(draft: Draft, cost: CostModel) -> None:
-    """Fill ``draft`` with power-of-two rings on aligned groups, balanced by time (LPT)."""
-    n, cap, lengths = draft.num_ranks, draft.capacity, draft.lengths
-    sizes = [pow2_size(length, cap, n) for length in lengths]
+def pow2_sizes(lengths: list[int], capacity: int, num_ranks: int) -> list[int]:
+    """``pow2_size`` of every sequence; a sequence no group holds is a ``PlanError``."""
+    sizes = [pow2_size(length, capacity, num_ranks) for length in lengths]
     for i, k in enumerate(sizes):
         if k == 0:
             raise PlanError(
                 f"sequence {i} has {lengths[i]:,} tokens; pow2 needs an aligned power-of-two group "
-                f"larger than {n:,} ranks to hold it: raise {{num_ranks}} or {{capacity}}"
+                f"larger than {num_ranks:,} ranks to hold it: raise {{num_ranks}} or {{capacity}}"
             )
+    return sizes
+
+
+def plan_pow2(draft: Draft, cost: CostModel) -> None:
+    """Fill ``draft`` with power-of-two rings on aligned groups, balanced by time (LPT)."""
+    n, cap, lengths = draft.num_ranks, draft.capacity, draft.lengths
+    sizes = pow2_sizes(lengths, cap, n)
     load = [0.0] * n
     rings = sorted((i for i, k in enumerate(sizes) if k > 1),
                    key=lambda i: (-cost.seq_time(lengths[i], sizes[i]), i))
