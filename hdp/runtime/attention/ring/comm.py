@@ -1,18 +1,24 @@
-"""Point-to-point transfers around one ring, on the default process group, with a deadline.
+"""Point-to-point transfers around one ring, with hdp's own deadline and named errors.
 
 Peers are addressed by their *global* rank (from the plan's ring member list); there is no process
 group per ring and no barrier. Rings are dynamic (a new set every step), and creating groups per
-step would itself be a collective over all ranks.
+step would itself be a collective over all ranks. Each stream posts on one of the run's groups,
+made once at start-up (``hdp.runtime.parallel.groups``): ``group=`` of every P2P op.
 
 Usage per ring step: ``send_recv`` (queue) one or more buffers, ``commit`` (post them all in one
 ``batch_isend_irecv``), compute, then ``wait``. Posting before computing overlaps the transfer
 with the block's attention.
 
-Timeout: ``wait`` calls ``Work.wait(timeout=...)`` with the time left until one deadline for the
-whole batch. On gloo that blocks the host and raises on expiry; on NCCL, a ``wait`` *with* a timeout
-also blocks the host until completion (PyTorch's documented behaviour), so the deadline costs a
-host sync per ring step there. ``timeout_s=None`` uses a plain ``wait()`` instead (stream-ordered on
-NCCL, no host sync) and leaves hangs to the process group's own watchdog.
+Waiting (``wait``), chosen by ``stream_ordered(group)``:
+
+* NCCL: a plain ``Work.wait()``, which makes the current stream wait and returns at once: no host
+  sync per ring step (a ``wait(timeout=...)`` would block the host until the transfer completes).
+  The deadline is watched off the training thread (``parallel.deadlines``): past it, that thread
+  names the step, ring, micro-batch and peer and ends the process before NCCL's watchdog would.
+* gloo: ``Work.wait(timeout=...)`` with the time left until one deadline for the whole batch,
+  which blocks the host and raises ``RingTimeoutError`` on expiry, named the same way.
+
+``timeout_s=None``: a plain ``wait()`` on every backend, no deadline of hdp's own.
 """
 
 from __future__ import annotations
@@ -23,11 +29,20 @@ import time
 import torch
 import torch.distributed as dist
 
+from hdp.runtime.parallel import deadlines
 from hdp.runtime.parallel.peers import PeerError, peer_cause
 
 
 LATE_SLACK_S = 0.05
 """A wait that fails this close to its deadline timed out (backends round timeouts to milliseconds)."""
+
+
+def stream_ordered(group: dist.ProcessGroup | None) -> bool:
+    """True where ``Work.wait()`` orders the current stream instead of blocking the host (NCCL).
+
+    A function of its own so that a test on gloo can take the NCCL branch.
+    """
+    return str(dist.get_backend(group)) == "nccl"
 
 
 class RingCommError(PeerError):
@@ -47,7 +62,8 @@ class RingComm:
     """
 
     def __init__(
-        self, ring_id: int, mb_index: int, prev_rank: int, next_rank: int, timeout_s: float | None = 60.0
+        self, ring_id: int, mb_index: int, prev_rank: int, next_rank: int, timeout_s: float | None = 60.0,
+        group: dist.ProcessGroup | None = None,
     ) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
@@ -56,6 +72,8 @@ class RingComm:
         self.prev_rank = prev_rank
         self.next_rank = next_rank
         self.timeout_s = timeout_s
+        self.group = group
+        """The process group every op of this stream posts on (None: the default group)."""
         self._queued: list[dist.P2POp] = []
         self._peers: list[tuple[str, int]] = []
         self._works: list[tuple[object, str, int]] | None = None
@@ -83,10 +101,10 @@ class RingComm:
         to_send = to_send.contiguous()
         self._buffers += [to_send, recv]
         if to_send.numel() > 0:
-            self._queued.append(dist.P2POp(dist.isend, to_send, dst, tag=tag))
+            self._queued.append(dist.P2POp(dist.isend, to_send, dst, self.group, tag=tag))
             self._peers.append(("send to", dst))
         if recv.numel() > 0:
-            self._queued.append(dist.P2POp(dist.irecv, recv, src, tag=tag))
+            self._queued.append(dist.P2POp(dist.irecv, recv, src, self.group, tag=tag))
             self._peers.append(("receive from", src))
         return recv
 
@@ -103,12 +121,32 @@ class RingComm:
         self._queued, self._peers = [], []
 
     def wait(self) -> None:
-        """Block until every committed op completes; raise ``RingTimeoutError`` past the deadline."""
+        """Wait for every committed op: stream-ordered on NCCL (deadline watched aside), else on the host."""
         if self._works is None:
             raise RingCommError(f"ring {self.ring_id}: wait without commit")
         works, self._works = self._works, None
         buffers, self._buffers = self._buffers, []
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        if self.timeout_s is not None and stream_ordered(self.group):
+            # Before waiting: on a backend whose wait blocks after all (a test's gloo), the watcher still fires.
+            deadlines.deadlines().watch([w for w, _, _ in works], self.timeout_s, self._late_line(works))
+            self._wait_all(works, None)
+        else:
+            self._wait_all(works, None if self.timeout_s is None else time.monotonic() + self.timeout_s)
+        del buffers  # completed (or, stream-ordered, kept alive by the backend's work): free to reuse
+
+    def _late_line(self, works: list[tuple[object, str, int]]):
+        """The one line the deadline watcher says for this batch (built only when it expires)."""
+        rank = dist.get_rank()
+
+        def line() -> str:
+            ops = " / ".join(f"{what} rank {peer}" if peer >= 0 else what for _, what, peer in works)
+            where = f"{deadlines.where}: " if deadlines.where else ""
+            return (f"hdp train: error: rank {rank}: {where}ring {self.ring_id}, micro-batch {self.mb_index}: "
+                    f"{ops} did not complete within {self.timeout_s:g} s (this rank {rank}); is that peer alive "
+                    "and running the same plan?")
+        return line
+
+    def _wait_all(self, works: list[tuple[object, str, int]], deadline: float | None) -> None:
         for work, what, peer in works:
             try:
                 if deadline is None:
@@ -126,4 +164,3 @@ class RingComm:
                     f"ring {self.ring_id}, micro-batch {self.mb_index}: {op} {how}"
                     + f" (this rank {dist.get_rank()}); is that peer alive and running the same plan?"
                 ) from e
-        del buffers  # completed: the backend no longer touches them

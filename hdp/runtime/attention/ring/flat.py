@@ -37,9 +37,20 @@ from hdp.runtime.attention.pair_kernels import Kernel
 from hdp.runtime.attention.ring.blocks import backward_block, forward_block, visible_pairs  # noqa: F401 - re-exported
 from hdp.runtime.attention.ring.comm import RingComm
 from hdp.runtime.attention.ring.select import effective_algo, node_grid
+from hdp.runtime.parallel import groups as run_groups
 
 TAG_KV = 11
 TAG_DKV = 12
+
+SECOND_GROUP_STREAMS = frozenset({"dkv", "2l.kv_outer", "2l.dkv_outer", "bi.dkv"})
+"""Streams posted on the run's second group (``parallel.groups``), the rest on the world group.
+
+NCCL runs each group's batched P2P in issue order on one stream. A two-level ring's outer (NIC)
+transfer of a round must not hold up the round's inner (NVLink) ones, so outer K/V and dK/dV go on
+the second group and all inner traffic stays on the world group (inner dK/dV on the second group
+would queue behind the round's outer K/V). Flat and bidirectional rings have no outer traffic:
+their dK/dV go on the second group, so a gradient hop never waits behind the next K/V block.
+"""
 
 
 def _member_rows(slot: RingSlot, member: int) -> tuple[tuple[int, int, int], ...]:
@@ -60,11 +71,15 @@ class RingContext:
     model whose layers differ in head count still works; with equal layers they are allocated once.
     """
 
-    def __init__(self, slot: RingSlot, mb_index: int, timeout_s: float | None = 60.0) -> None:
+    def __init__(self, slot: RingSlot, mb_index: int, timeout_s: float | None = 60.0,
+                 groups: run_groups.Groups | None = None) -> None:
         self.slot, self.mb_index, self.timeout_s = slot, mb_index, timeout_s
+        self.groups = run_groups.current() if groups is None else groups
+        """The run's process groups (made once at start-up); which stream uses which: ``SECOND_GROUP_STREAMS``."""
+        self._comms: dict[str, RingComm] = {}
         # One comm for K/V and one for dK/dV; reusable after each wait (forward and backward never overlap).
-        self.kv_comm = RingComm(slot.ring_id, mb_index, slot.prev_rank, slot.next_rank, timeout_s)
-        self.grad_comm = RingComm(slot.ring_id, mb_index, slot.prev_rank, slot.next_rank, timeout_s)
+        self.kv_comm = self.comm("kv")
+        self.grad_comm = self.comm("dkv")
         self.member_rows = tuple(_member_rows(slot, m) for m in range(slot.size))
         self.member_tokens = tuple(slot.member_tokens(m) for m in range(slot.size))
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -72,7 +87,6 @@ class RingContext:
         """Transfer buffers allocated so far (constant after the first layer's forward and backward)."""
         self.grid = node_grid(slot.ranks, slot.gpus_per_node) if slot.algo == "two-level" else None
         """The two-level ring's node grid of ring positions (ring_select.node_grid); None otherwise."""
-        self._comms: dict[str, RingComm] = {}
         self.ran: str | None = None
         """The algorithm the last call ran (ring_select.effective_algo)."""
 
@@ -85,9 +99,10 @@ class RingContext:
         """A named transfer stream of this ring (one pending batch each), created on first use."""
         comm = self._comms.get(name)
         if comm is None:
-            slot = self.slot
+            slot, groups = self.slot, self.groups
+            group = groups.second if name in SECOND_GROUP_STREAMS else groups.world
             comm = self._comms[name] = RingComm(slot.ring_id, self.mb_index, slot.prev_rank, slot.next_rank,
-                                                self.timeout_s)
+                                                self.timeout_s, group)
         return comm
 
     def block(self, role: str, member: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
