@@ -67,3 +67,68 @@ def test_cuda_flash_backward_gets_undefined_cu_seqlens_and_the_forwards_philox_s
     forwards = log.named("_scaled_dot_product_flash_attention")
     probe = [a for a, _ in forwards if a[0].shape[2] == 1]
     assert probe and (probe[0][0].dtype, seed.dtype, tuple(seed.shape)) == (torch.bfloat16, torch.uint64, (2,))
+
+
+def _cu(lengths: list[int]) -> list[int]:
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return cu
+
+
+@pytest.mark.parametrize("lengths", [[100, 100], [17, 0, 300, 16, 1], [512], [1, 2, 3, 64, 9, 200], [5]])
+def test_document_block_mask_equals_create_block_masks(lengths):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from hdp.runtime.attention.doc_attention import document_block_mask
+
+    cu, cpu = _cu(lengths), torch.device("cpu")
+    doc = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    dense = create_block_mask(lambda b, h, q, kv: (doc[q] == doc[kv]) & (q >= kv), None, None, cu[-1], cu[-1],
+                              device=cpu, BLOCK_SIZE=16)
+    ours = document_block_mask(cu, cpu, block=16)
+    assert ours.seq_lengths == dense.seq_lengths and ours.BLOCK_SIZE == dense.BLOCK_SIZE
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
+                 "q_indices", "full_q_num_blocks", "full_q_indices"):
+        torch.testing.assert_close(getattr(ours, name), getattr(dense, name), rtol=0, atol=0, msg=name)
+
+
+def test_document_block_mask_at_64k_tokens_is_subquadratic_and_sync_free():
+    """On meta (nothing allocated, and any .item() would raise): the biggest tensor is (T/128)^2, not T^2."""
+    from hdp.runtime.attention.doc_attention import PackedDocs
+
+    lengths = [4096] * 8 + [1000, 3000, 17, 28751]
+    t = sum(lengths)
+    assert t == 65536
+    docs = PackedDocs(_cu(lengths))
+    with OpLog() as log:
+        mask = docs.block_mask_on(torch.device("meta"))
+        assert docs.block_mask_on(torch.device("meta")) is mask and dict(docs.builds) == {"block_mask": 1}
+    num_blocks = t // 128
+    assert log.max_numel <= num_blocks * (num_blocks + 1) < t * t // 10_000  # torch transposes via nb x (nb+1)
+    assert all("output_size" in kw for _, kw in log.named("repeat_interleave"))
+    assert log.named("repeat_interleave") and not log.named("_local_scalar_dense")
+
+
+def test_compiled_flex_attention_is_exact_and_recompiles_a_bounded_number_of_times():
+    """The CUDA FlexAttention path on CPU, through a counting backend: 6 buffer lengths, at most 2 graphs."""
+    from hdp.runtime.attention.doc_attention import PackedDocs, _flex, reference_doc_attention
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    g = torch.Generator().manual_seed(0)
+    for lengths in ([50, 20], [100, 100], [17, 300, 16], [517], [1, 2, 3, 400, 600], [1280]):
+        cu = _cu(lengths)
+        q = torch.randn(cu[-1], 4, 16, generator=g)
+        k, v = torch.randn(2, cu[-1], 2, 16, generator=g)
+        out, lse = _flex(q, k, v, PackedDocs(cu), 0.25, backend=counting)
+        ref_out, ref_lse = reference_doc_attention(q, k, v, cu, 0.25)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    assert 1 <= len(graphs) <= 2
+    torch._dynamo.reset()

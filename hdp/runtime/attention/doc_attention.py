@@ -7,7 +7,8 @@ other. Kernel by device (taken from the tensors, never named):
   which also returns the log-sum-exp); memory O(document), no T x T mask. This is the path the
   tests check. Falls back to the exact matmul block kernel if that op is missing.
 * CUDA with ``flash_attn`` installed: ``flash_attn_varlen_func`` (one launch for all documents).
-* CUDA otherwise: FlexAttention with a document mask (compiled; ``return_lse``).
+* CUDA otherwise: FlexAttention (compiled once with dynamic shapes; ``return_lse``) with a block
+  mask built from cu_seqlens, never over the T x T grid (``document_block_mask``).
 * Anything else, and float64 on CUDA: the exact matmul block kernel per document.
 
 Returns ``(out [T, Hq, D], lse [Hq, T])``; ``lse`` is float32 (float64 for float64 inputs), detached:
@@ -19,6 +20,7 @@ built once per micro-batch and shared by every layer, as torchtitan builds its m
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from functools import lru_cache
 from typing import Any, Sequence
@@ -54,20 +56,64 @@ class PackedDocs:
         return self._cu
 
     def block_mask_on(self, device: torch.device) -> Any:
-        """FlexAttention's document-causal block mask, created once."""
+        """FlexAttention's document-causal block mask, created once (``document_block_mask``)."""
         if self._block_mask is None:
-            from torch.nn.attention.flex_attention import create_block_mask
-
             self.builds["block_mask"] += 1
-            lengths = torch.tensor([b - a for a, b in zip(self.cu_seqlens, self.cu_seqlens[1:])], device=device)
-            doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
-
-            def mask_mod(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
-                return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
-
-            t = self.num_tokens
-            self._block_mask = create_block_mask(mask_mod, None, None, t, t, device=device)
+            self._block_mask = document_block_mask(self.cu_seqlens, device)
         return self._block_mask
+
+
+FLEX_BLOCK = 128
+"""FlexAttention's default sparse block size (rows and columns of one block of the mask)."""
+
+
+def document_block_mask(cu_seqlens: Sequence[int], device: torch.device, block: int = FLEX_BLOCK) -> Any:
+    """The block mask ``create_block_mask`` would build for document-causal attention, without a T x T grid.
+
+    ``create_block_mask`` evaluates the mask_mod on every (query, key) pair: ~4 GiB per bool
+    intermediate at 64K tokens. Here each block's class follows from cu_seqlens alone, because
+    documents are contiguous: query block i and key block j < i share a document iff the key block's
+    last row and the query block's first row are in one document (the block is then *partial*, or
+    *full* when the key block's first row and the query block's last row are too, and both blocks
+    lie inside T); the diagonal block is always partial. Memory O((T/block)^2), no host sync (the
+    per-token document ids use ``repeat_interleave`` with ``output_size``), the same blocks as
+    ``create_block_mask`` (tests). Token ids are padded to whole blocks with a document of their own,
+    so the mask_mod never reads past the end, whatever rows a kernel evaluates in the last block.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    t = cu_seqlens[-1]
+    num_blocks = -(-t // block)
+    lengths = [b - a for a, b in zip(cu_seqlens, cu_seqlens[1:])] + [num_blocks * block - t]
+
+    def doc_of(row: int) -> int:  # the document holding row (an empty document holds none)
+        return bisect.bisect_right(cu_seqlens, row) - 1
+
+    rows = range(num_blocks)
+    first = [doc_of(i * block) for i in rows]                      # query block i's first row
+    last = [doc_of(min((i + 1) * block, t) - 1) for i in rows]     # its last row inside T
+    inside = [int((i + 1) * block <= t) for i in rows]
+    # One host->device copy of a few ints per block and document (never an index of T entries).
+    packed = torch.tensor(first + last + inside + lengths, device=device)
+    first_d, last_d, inside_d, lengths_d = packed.split([num_blocks] * 3 + [len(lengths)])
+    doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths_d,
+                                  output_size=num_blocks * block)  # [nb * block]: no device->host sync
+
+    def mask_mod(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+        return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
+
+    i, j = torch.arange(num_blocks, device=device)[:, None], torch.arange(num_blocks, device=device)[None, :]
+    below = j < i
+    full = below & (first_d[None, :] == last_d[:, None]) & (inside_d[:, None] > 0)  # [nb, nb]
+    partial = ((i == j) | (below & (last_d[None, :] == first_d[:, None]))) & ~full  # [nb, nb]
+    return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(t, t))
+
+
+def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[nb, nb] bool -> (kv_num_blocks [1, 1, nb], kv_indices [1, 1, nb, nb]) int32, as flex_attention stores them."""
+    dense = blocks.to(torch.int32)[None, None]
+    return dense.sum(-1, dtype=torch.int32), torch.argsort(dense, dim=-1, descending=True, stable=True).to(torch.int32)
 
 
 def doc_attention(
@@ -140,17 +186,17 @@ def _flash_varlen(q, k, v, docs: PackedDocs, scale):
     return out, lse.detach().to(acc_dtype(q.dtype))
 
 
-@lru_cache(maxsize=1)
-def _compiled_flex():
+@lru_cache(maxsize=None)
+def _compiled_flex(backend: Any = "inductor"):
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Default dynamic-shape policy: buffer lengths change every micro-batch, and a static compile
-    # would recompile for each new length until the cache limit.
-    return torch.compile(flex_attention)
+    # dynamic=True: buffer lengths change every micro-batch; a static compile would recompile for
+    # each new length (and "automatic dynamic" once more after the first) until the cache limit.
+    return torch.compile(flex_attention, backend=backend, dynamic=True)
 
 
-def _flex(q, k, v, docs: PackedDocs, scale):
-    out, lse = _compiled_flex()(
+def _flex(q, k, v, docs: PackedDocs, scale, backend: Any = "inductor"):
+    out, lse = _compiled_flex(backend)(
         q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
         block_mask=docs.block_mask_on(q.device), scale=scale, enable_gqa=q.shape[1] != k.shape[1], return_lse=True,
     )
