@@ -13,6 +13,7 @@ from hdp.commands.flags import (PLAN_FLAGS, add_max_len, add_memory_arguments, a
                                 add_topology_arguments, check_memory_arguments, user_error, with_strategy_table)
 from hdp.data.synthetic import DISTRIBUTIONS, read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, get_strategy, make_plan
+from hdp.plan.planner import check_batch_tokens
 
 
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,8 +31,16 @@ def load_workload(args: argparse.Namespace) -> tuple[list[int], int | None]:
     """(lengths, max_len) from ``--lengths`` or a synthetic distribution."""
     if args.lengths:
         return read_lengths(args.lengths), args.max_len
+    check_tokens(args.tokens)
     max_len = args.max_len if args.max_len is not None else 2**21
     return sample_lengths(args.dist or "byted", args.tokens, max_len, args.seed), max_len
+
+
+def check_tokens(tokens: int) -> None:
+    try:
+        check_batch_tokens(tokens)
+    except PlanError as e:
+        raise ValueError(f"--tokens: {e}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

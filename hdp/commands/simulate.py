@@ -9,7 +9,7 @@ import sys
 
 from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp,
                                 add_topology_arguments, user_error, with_strategy_table)
-from hdp.commands.plan import add_workload_arguments
+from hdp.commands.plan import add_workload_arguments, check_tokens
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, PlanError, build_cost_model
 from hdp.plan.cost.model_config import get_model
@@ -66,6 +66,7 @@ def load_batches(args: argparse.Namespace) -> tuple[list[list[int]], int | None]
     if args.lengths:
         lengths = read_lengths(args.lengths)
         return [lengths] * args.steps, args.max_len
+    check_tokens(args.tokens)
     max_len = args.max_len if args.max_len is not None else 2**21
     dist = args.dist or "byted"
     return [sample_lengths(dist, args.tokens, max_len, args.seed + i) for i in range(args.steps)], max_len

@@ -17,7 +17,7 @@ from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.schedule.critical import widened_candidates
 from hdp.plan.schedule.draft import Draft
 from hdp.plan.estimate import time_bound
-from hdp.plan.schedule.sharding import Placement, PlanError, place
+from hdp.plan.schedule.sharding import Placement, PlanError, offload_token_limit, place
 from hdp.plan.strategies import Strategy, get_strategy
 from hdp.plan.cost.topology import Topology, pick_members, ring_stretch
 from hdp.plan.schedule.whole_nodes import round_down, round_up
@@ -25,15 +25,55 @@ from hdp.plan.types import Plan
 from hdp.plan.zigzag import ranks_needed
 
 
+MAX_RANKS = 2**17
+"""The most ranks the planner takes (131,072: above today's largest training jobs). Plans hold a list
+per rank; far beyond this a plan takes minutes and gigabytes, so it is refused at once instead."""
+MAX_SEQUENCES = 2**20
+"""The most sequences in one global batch (1,048,576; a 512M-token batch of a long-tail corpus has ~45,000)."""
+MAX_BATCH_TOKENS = 2**32
+"""The most tokens of a synthetic batch (``hdp plan/simulate --tokens``): 8x the largest row the
+planner is timed on (512M tokens on 16,384 ranks, benchmarks/plan_speed.py)."""
+MAX_LENGTH = 2**53
+"""The longest sequence: the cost model computes in floats, exact for integers up to 2**53."""
+
+
 def check_lengths(lengths: Sequence[object]) -> list[int]:
     if len(lengths) == 0:
         raise PlanError("the batch is empty: give at least one sequence length")
+    if len(lengths) > MAX_SEQUENCES:
+        raise PlanError(f"the batch has {len(lengths):,} sequences, more than the planner takes "
+                        f"({MAX_SEQUENCES:,}): split it into several global batches")
     out = []
     for i, n in enumerate(lengths):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PlanError(f"sequence {i} has length {n!r}; lengths must be positive integers")
+        if n > MAX_LENGTH:
+            raise PlanError(f"sequence {i} has {n:,} tokens, more than the planner takes ({MAX_LENGTH:,}): "
+                            "cut it into documents the cluster can hold")
         out.append(n)
     return out
+
+
+def check_batch_tokens(tokens: int) -> None:
+    """A synthetic batch's size, before it is drawn (drawing 1e11 tokens alone takes minutes)."""
+    if not 1 <= tokens <= MAX_BATCH_TOKENS:
+        raise PlanError(f"a synthetic batch of {tokens:,} tokens: give between 1 and {MAX_BATCH_TOKENS:,} tokens")
+
+
+def _check_fits_at_all(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel) -> None:
+    """Refuse at once a sequence that no strategy can hold and whose fewest ranks take long to count.
+
+    Counting a sequence's fewest ranks exactly walks about L / limit**2 steps (``ranks_needed``):
+    minutes for a 16-digit length. Even offloading every middle layer a rank holds at most
+    ``capacity * l / 2`` tokens (``offload_token_limit``), so a sequence longer than ``num_ranks``
+    times that fits nowhere. Where the exact count is quick the planner counts and says how many
+    ranks it needs."""
+    limit = max(capacity, offload_token_limit(capacity, cost.layers, 1.0))
+    longest = max(lengths)
+    if longest > num_ranks * limit and longest // capacity**2 > 10**6:
+        i = lengths.index(longest)
+        raise PlanError(f"sequence {i} has {longest:,} tokens; at capacity {capacity:,} it needs more than "
+                        f"{num_ranks:,} ranks even offloading every layer it may: raise {{num_ranks}} or {{capacity}}")
 
 
 def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostModel,
@@ -53,10 +93,11 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     """
     s = get_strategy(strategy)
     lengths = check_lengths(lengths)
-    if num_ranks < 1:
-        raise PlanError(f"{{num_ranks}} must be >= 1, got {num_ranks}")
+    if not 1 <= num_ranks <= MAX_RANKS:
+        raise PlanError(f"{{num_ranks}} must be between 1 and {MAX_RANKS:,}, got {num_ranks:,}")
     if capacity < 1:
         raise PlanError(f"{{capacity}} must be >= 1 token, got {capacity}")
+    _check_fits_at_all(lengths, num_ranks, capacity, cost)
     longest = max(lengths)
     if max_len is not None and longest > max_len:
         i = lengths.index(longest)

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hdp.plan.planner import MAX_RANKS
 from hdp.plan.schedule.sharding import PlanError
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ class Cluster:
         for name in ("gpus", "tp", "pp", "gpus_per_node"):
             if getattr(self, name) < 1:
                 raise PlanError(f"{{{name}}} must be >= 1, got {getattr(self, name)}")
+        if self.num_ranks > MAX_RANKS:
+            raise PlanError(f"{{gpus}} {self.gpus:,} make {self.num_ranks:,} HDP ranks, more than the planner "
+                            f"takes ({MAX_RANKS:,}): use fewer GPUs or a larger {{tp}} x {{pp}}")
         if self.gpus % (self.tp * self.pp):
             raise PlanError(
                 f"{{gpus}} {self.gpus} is not divisible by {{tp}} x {{pp}} = {self.tp * self.pp}: "
