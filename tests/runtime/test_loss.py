@@ -106,3 +106,36 @@ def test_bad_shapes_are_named():
     hidden, weight, labels = inputs()
     with pytest.raises(ValueError, match="hidden \\[T, h\\]"):
         chunked_cross_entropy(hidden, weight[:, :3], labels)
+
+
+def test_the_train_step_takes_the_chunked_loss_for_large_logits(monkeypatch):
+    """Same loss and gradients from train_step with the chunked loss as with full logits (float64)."""
+    from hdp.plan import build_cost_model, get_model, make_plan
+    from hdp.runtime.model.decoder import build_model
+    from hdp.runtime.train import loss as loss_module
+    from hdp.runtime.train.step import build_optimizer, forward_backward
+    from tests.runtime.test_zero import random_batch
+
+    cpu = torch.device("cpu")
+    batch = random_batch([40, 17, 9, 1], seed=3)
+    plan = make_plan(batch.lengths, 1, 128, build_cost_model("tiny"))
+    calls = []
+    real = loss_module.chunked_cross_entropy
+    monkeypatch.setattr(loss_module, "chunked_cross_entropy", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+
+    def run(chunked: bool):
+        monkeypatch.setattr(loss_module, "MIN_CHUNKED_ELEMENTS", 1 if chunked else 1 << 62)
+        monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * get_model("tiny").vocab_size)  # 7 tokens a chunk
+        model = build_model(get_model("tiny"), dtype=torch.float64, device=cpu, seed=0)
+        opt = build_optimizer(model, 1e-3)
+        opt.zero_grad()
+        share, _, _ = forward_backward(model, plan, batch, 0, cpu, timeout_s=30)
+        return share, opt.grad_buffer.clone()  # every parameter's gradient, flat
+
+    plain_loss, plain_grads = run(False)
+    assert not calls
+    chunked_loss, chunked_grads = run(True)
+    assert calls
+    torch.testing.assert_close(chunked_loss, plain_loss, rtol=0, atol=1e-12)
+    assert plain_grads.abs().max() > 0
+    torch.testing.assert_close(chunked_grads, plain_grads, rtol=0, atol=1e-12)

@@ -148,7 +148,9 @@ class Decoder(nn.Module):
         return self.model.layers
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
-                layer_context: LayerContext | None = None) -> torch.Tensor:
+                layer_context: LayerContext | None = None, head: bool = True) -> torch.Tensor:
+        """Logits [T, V]; with ``head=False`` the normed hidden states [T, h] the LM head would take
+        (the train step's chunked loss applies ``lm_head.weight`` itself, hdp.runtime.train.loss)."""
         attention = self.attention if self.attention is not None else default_attention()
         x = self.model.embed_tokens(tokens)                                     # [T, h]
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
@@ -160,7 +162,8 @@ class Decoder(nn.Module):
                     x = checkpoint(layer, x, cos, sin, layout, attention, use_reentrant=False)
                 else:
                     x = layer(x, cos, sin, layout, attention)
-        return self.lm_head(self.model.norm(x))                                 # [T, V]
+        x = self.model.norm(x)                                                  # [T, h]
+        return self.lm_head(x) if head else x                                   # [T, V]
 
 
 def init_weights(model: Decoder, seed: int) -> None:

@@ -15,8 +15,14 @@ summed over chunks in float32 (cast once at the end).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from hdp.runtime.model.decoder import Decoder
+from hdp.runtime.train.inputs import IGNORE
 
 CHUNK_ELEMENTS = 1 << 25
 """Logit elements per chunk (32M: 128 MiB in float32); rows per chunk = this // vocabulary."""
@@ -27,6 +33,20 @@ MIN_CHUNKED_ELEMENTS = 1 << 28
 def use_chunked(num_tokens: int, vocab_size: int) -> bool:
     """Whether [T, V] logits are large enough that the train step should not materialise them."""
     return num_tokens * vocab_size >= MIN_CHUNKED_ELEMENTS
+
+
+def micro_batch_loss(model: nn.Module, mb: Any, layer_context: Any, denom: int) -> torch.Tensor:
+    """Sum of ``mb``'s token cross-entropies / ``denom`` (the global batch's labelled tokens).
+
+    The built-in ``Decoder`` with T x V past ``MIN_CHUNKED_ELEMENTS`` stops before its LM head and
+    takes the chunked loss; otherwise (and for Hugging Face models) full logits and F.cross_entropy.
+    """
+    if isinstance(model, Decoder) and use_chunked(mb.tokens.numel(), model.cfg.vocab_size):
+        hidden = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context, head=False)  # [T, h]
+        return chunked_cross_entropy(hidden, model.lm_head.weight, mb.labels, ignore_index=IGNORE, scale=1.0 / denom)
+    logits = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context)  # [T, V]
+    return F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
+                           ignore_index=IGNORE, reduction="sum") / denom
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
