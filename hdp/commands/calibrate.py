@@ -12,22 +12,26 @@ import os
 import sys
 import time
 
+from hdp.commands.config_file import add_config_arguments
 from hdp.plan.cost.model_config import PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="PROFILE_JSON", required=True, help="where to write the profile (hdp.device/1)")
     p.add_argument("--model", default=None, choices=list(PRESETS),
-                   help="measure at this model's layer shapes (default: llama-7b on a GPU, small on CPU)")
+                   help="measure at this model's layer shapes (default: llama-7b on a GPU, as hdp plan plans, and "
+                        "small on CPU, where llama-7b's layers take minutes)")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto",
                    help="auto: the local accelerator when there is one, else CPU (default auto)")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
-                   help="default: bfloat16 on an accelerator, float32 on CPU")
+                   help="default: bfloat16 on an accelerator, what a GPU run trains in, and float32 on CPU, "
+                        "hdp train's default")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: cores / 4, what a rank of the default hdp train --nproc 4 gets)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and short timings: seconds, for tests")
     p.add_argument("--name", default=None, help="profile name (default: from the device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    add_config_arguments(p)
 
 
 def _check_out(path: str) -> None:

@@ -9,8 +9,10 @@ import sys
 import tempfile
 import time
 
-from hdp.commands.flags import (PLAN_FLAGS, add_max_len, add_memory_arguments, add_model_arguments, add_pp,
-                                add_topology_arguments, check_memory_arguments, user_error, with_strategy_table)
+from hdp.commands.config_file import add_config_arguments
+from hdp.commands.flags import (PLAN_FLAGS, add_global_batch_tokens, add_max_len, add_memory_arguments,
+                                add_model_arguments, add_pp, add_ranks, add_topology_arguments, check_memory_arguments,
+                                user_error, with_strategy_table)
 from hdp.data.synthetic import DISTRIBUTIONS, read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, get_strategy, make_plan
 from hdp.plan.planner import check_batch_tokens
@@ -21,9 +23,11 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--lengths", metavar="FILE", help="one sequence length per line (# comments allowed)")
     src.add_argument("--dist", choices=DISTRIBUTIONS, default=None, help="synthetic distribution (default byted)")
-    p.add_argument("--tokens", type=int, default=32 * 2**20, help="total tokens of a synthetic batch (default 32M)")
+    add_global_batch_tokens(p, "tokens of one synthetic global batch (default 32M, a production step; hdp train's "
+                               "4,096 fits a CPU run)", default=32 * 2**20, dest="tokens")
     add_max_len(p, "maximum context length: longest synthetic sequence, and what a static mesh is sized for "
-                   "(default 2M for synthetic batches, the longest sequence for a file)")
+                   "(default 2M for synthetic batches, a long-context production batch, and the longest sequence "
+                   "for a file; hdp train's 1,024 keeps a CPU run short)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -46,11 +50,12 @@ def check_tokens(tokens: int) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     add_model_arguments(p)
-    p.add_argument("--ranks", type=int, default=1024, help="HDP ranks (default 1024)")
+    add_ranks(p, "HDP ranks (default 1024, a production cluster; hdp train spawns 4 local processes)", default=1024)
     p.add_argument("--capacity", type=int, default=None,
                    help="tokens per rank per micro-batch (default: derived from device memory and the model)")
     p.add_argument("--strategy", choices=list(STRATEGIES), default="auto",
-                   help="planner preset (table below; default auto, the fastest by the estimate)")
+                   help="planner preset (table below; default auto, the fastest by the estimate; hdp train "
+                        "defaults to hdp, one planner per step)")
     add_pp(p, "pipeline stages per HDP rank: every rank is a 1F1B pipeline when P > 1 (default 1)")
     p.add_argument("--balance", choices=("dp", "pp"), default=None,
                    help="kept for old scripts: the scheduler balances pipelines exactly when --pp > 1")
@@ -62,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_topology_arguments(p)
     p.add_argument("--out", metavar="PLAN_JSON", help="write the plan here (hdp.plan/1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    add_config_arguments(p)
     with_strategy_table(p)
 
 

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp,
+from hdp.commands.config_file import add_config_arguments
+from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp, add_ranks,
                                 add_topology_arguments, user_error, with_strategy_table)
 from hdp.commands.plan import add_workload_arguments, check_tokens
 from hdp.data.synthetic import read_lengths, sample_lengths
@@ -21,15 +22,18 @@ from hdp.sim.report import format_table
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     add_model_arguments(p)
-    p.add_argument("--steps", type=int, default=1, help="global batches to simulate; step i uses seed+i (default 1)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="global batches to simulate; step i uses seed+i (default 1, one step times a strategy; "
+                        "hdp train's 20 show a loss going down)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 1024)")
-    size.add_argument("--ranks", type=int, default=None, metavar="N",
-                      help="HDP ranks instead of GPUs: --gpus = N x --tp x --pp")
+    add_ranks(p, "HDP ranks instead of GPUs: --gpus = N x --tp x --pp (default: from --gpus; hdp plan plans 1024, "
+                 "hdp train spawns 4 local processes)", default=None, group=size)
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of one HDP rank (default 1)")
     add_pp(p, "pipeline stages of one HDP rank (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=8,
-                   help="GPUs per node: rings are placed by node, steps across nodes use NICs (default 8)")
+                   help="GPUs per node: rings are placed by node, steps across nodes use NICs (default 8, an 8-GPU "
+                        "node; hdp train defaults to the node it runs on)")
     add_topology_arguments(p, gpus_per_node=False)
     p.add_argument("--nvlink-gbps", type=float, default=NVLINK_GBPS,
                    help=f"NVLink GB/s per GPU per direction (default {NVLINK_GBPS:g}: H100 NVLink4, 900 GB/s bidirectional)")
@@ -44,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_memory_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
+    add_config_arguments(p)
     with_strategy_table(p)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hdp.commands.flags import TRAIN_FLAGS, add_max_len, user_error, with_strategy_table
+from hdp.commands.config_file import EFFECTIVE_CONFIG, add_config_arguments
+from hdp.commands.flags import (TRAIN_FLAGS, add_global_batch_tokens, add_max_len, add_ranks, user_error,
+                                with_strategy_table)
 from hdp.plan.cost.model_config import PRESETS
 from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import STRATEGIES
@@ -16,21 +18,28 @@ DEFAULTS = TrainConfig()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    p.add_argument("--ranks", "--nproc", dest="nproc", type=int, default=4,
-                   help="local processes to spawn, one accelerator each when there are enough, else CPU "
-                        "(ignored under torchrun; default 4)")
-    p.add_argument("--model", default=d.model, choices=list(PRESETS), help=f"model preset (default {d.model})")
-    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES), help=f"default {d.dtype}")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    p.add_argument("--global-batch-tokens", type=int, default=d.global_batch_tokens,
-                   help=f"tokens per step, independent of the number of ranks (default {d.global_batch_tokens})")
+    add_ranks(p, "local processes to spawn, one accelerator each when there are enough, else CPU (ignored under "
+                 "torchrun; default 4, a run on this machine; hdp plan plans 1024)", default=4, dest="nproc")
+    p.add_argument("--model", default=d.model, choices=list(PRESETS),
+                   help=f"model preset (default {d.model}, which trains on a CPU; hdp plan and hdp simulate default "
+                        "to a production model)")
+    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES),
+                   help=f"default {d.dtype} (hdp calibrate measures bfloat16 on an accelerator)")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"optimizer steps (default {d.steps}, a loss going down; hdp simulate times 1)")
+    add_global_batch_tokens(p, f"tokens per step, independent of the number of ranks (default "
+                               f"{d.global_batch_tokens:,}, a CPU step; hdp plan and hdp simulate default to 32M, "
+                               "a production step)",
+                            default=d.global_batch_tokens, dest="global_batch_tokens")
     p.add_argument("--capacity", type=int, default=d.capacity,
                    help="tokens per rank per micro-batch; longer sequences are split into rings "
                         "(default: the smallest that holds --max-seq-len on --nproc ranks)")
-    add_max_len(p, f"documents are cut into pieces of at most this many tokens (default {d.max_seq_len})",
+    add_max_len(p, f"documents are cut into pieces of at most this many tokens (default {d.max_seq_len:,}, which "
+                   "keeps a CPU run short; hdp plan and hdp simulate default to 2M, a long-context production batch)",
                 default=d.max_seq_len, dest="max_seq_len")
     p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy,
-                   help=f"planner preset (table below; default {d.strategy})")
+                   help=f"planner preset (table below; default {d.strategy}, one planner per step; hdp plan "
+                        "defaults to auto, which plans with each strategy and keeps the fastest)")
     p.add_argument("--seed", type=int, default=d.seed, help="data order and initial weights (default 0)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--data", default=None, metavar="PATH",
@@ -57,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train this local Hugging Face causal LM (config.json, weights if present) instead of --model")
     p.add_argument("--zero", type=int, choices=(0, 1, 2), default=None,
                    help="0: replicate optimizer states; 1: shard fp32 master weights and AdamW moments over all ranks; "
-                        "2: also keep only this rank's gradient shard (default 1 with more than one rank)")
+                        "2: also keep only this rank's gradient shard (default 1 with more than one rank, as hdp plan "
+                        "assumes; 0 on one rank, where there is nothing to shard)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default=d.lr_schedule,
                    help=f"learning-rate decay after warmup (default {d.lr_schedule})")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup steps (default 0)")
@@ -69,12 +79,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=None, metavar="N",
                    help="ranks per node (rank r on node r // N); given, the planner places rings by node and sees "
                         "their transfers (default: the plan's, else LOCAL_WORLD_SIZE under torchrun, else all local "
-                        "processes on one node)")
+                        "processes on one node: the node it runs on; hdp plan assumes 8)")
     p.add_argument("--ring-algo", choices=RING_ALGOS, default=None,
                    help="ring attention for every ring that can run it, the others run flat: flat (one ring), "
                         "two-level (inner ring per node, parallel outer rings across nodes; needs node-aligned rings), "
                         "bidirectional (half the KV heads each way; needs 2+ KV heads) (default: two-level with "
-                        "--gpus-per-node, else as the plan says)")
+                        "--gpus-per-node, as hdp plan, else as the plan says)")
     p.add_argument("--on-nan", choices=("stop", "skip"), default=d.on_nan,
                    help="a step with a NaN/Inf loss or gradient: stop the run (exit 4; default) or skip its update")
     p.add_argument("--save-dir", default=None, metavar="DIR",
@@ -92,6 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 0: a dead rank ends the run)")
     p.add_argument("--schedule-steps", type=int, default=None, metavar="N",
                    help="steps the learning-rate schedule spans (default --steps); lets a run stop early and resume exactly")
+    add_config_arguments(p)
     with_strategy_table(p)
 
 
@@ -108,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         on_nan=args.on_nan,
         save_dir=args.save_dir, save_every=args.save_every, keep=args.keep, async_save=args.async_save,
         resume=args.resume, max_restarts=args.max_restarts, schedule_steps=args.schedule_steps,
+        run_config=getattr(args, EFFECTIVE_CONFIG, None),
     )
 
 

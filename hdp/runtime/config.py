@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -93,6 +93,9 @@ class TrainConfig:
     """Times the local launcher restarts all ranks from the newest checkpoint after a rank died."""
     schedule_steps: int | None = None
     """Steps the LR schedule decays over; None: ``steps``. Lets a run stopped early resume exactly."""
+    run_config: str | None = field(default=None, compare=False)
+    """The command's effective flags as TOML (``hdp train --print-config``), recorded in the metrics file's
+    first record and in every checkpoint so the run can be replayed with ``--config``; None: not from the CLI."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -33,7 +33,7 @@ def test_readme_command_trains_and_writes_the_documented_metrics(tmp_path):
     proc = hdp_train("--steps", "1", "--metrics", str(out))
     assert proc.returncode == 0, proc.stderr
     (rec,) = read_metrics(out)
-    assert set(rec) == METRIC_KEYS
+    assert set(rec) == METRIC_KEYS | {"config"}  # a run's first record carries its flags as TOML (docs/config.md)
     assert rec["strategy"] == "hdp" and rec["tokens"] == 4096 and rec["rings"] >= 1 and rec["max_ring"] >= 2
 
 

@@ -129,6 +129,7 @@ class Checkpointer:
         return {"format": files.FORMAT, "step": step, "adam_steps": self.optimizer.num_steps,
                 "world_size": self.world_size, "zero": self.optimizer.zero, "numel": self.optimizer.numel,
                 "config": exact_config(self.config), "data": self.data_id, "layout": layout_of(self.optimizer),
+                "run_config": self.config.run_config,  # the flags as TOML: hdp train --config replays them
                 "rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
 
     # -- restore ------------------------------------------------------------------------------------

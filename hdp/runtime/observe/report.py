@@ -81,6 +81,8 @@ class Reporter:
         self.records: list[dict[str, Any]] = []
         self.devices: list[str] = []
         self._file = open(config.metrics, "a" if start_step else "w") if enabled and config.metrics else None  # noqa: SIM115
+        self._config = config.run_config
+        """The run's flags as TOML, written once into the first record this run writes (key ``config``)."""
         self._tensorboard = None
         if enabled and config.tensorboard:
             from hdp.runtime.observe.tensorboard import TensorBoardLog
@@ -100,7 +102,9 @@ class Reporter:
             return
         self.records.append(record)
         if self._file:
-            self._file.write(json.dumps(record) + "\n")
+            line = record if self._config is None else {**record, "config": self._config}
+            self._config = None
+            self._file.write(json.dumps(line) + "\n")
             self._file.flush()
         if self._tensorboard is not None:
             self._tensorboard.write(record)

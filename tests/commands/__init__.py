@@ -1,0 +1,1 @@
+"""The command line: run configs in files, one vocabulary across commands."""
