@@ -166,8 +166,34 @@ class Decoder(nn.Module):
         return self.lm_head(x) if head else x                                   # [T, V]
 
 
-def init_weights(model: Decoder, seed: int) -> None:
-    """Deterministic init from ``seed`` alone (every rank gets identical weights without a broadcast)."""
+INIT_CHUNK = 1 << 22
+"""Elements drawn on the host at a time by ``init_weights`` (32 MiB of float64), whatever the model's size."""
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[0, n) in pieces of ``size`` (a multiple of 16) and a last one of 17 to size + 16 elements, or one piece.
+
+    torch's CPU normal sampler fills blocks of 16 (redrawing the last 16 of a length that is not a
+    multiple of 16; lengths under 16 take another path), so draws of these pieces give exactly the
+    values, and leave the generator exactly where, one draw of all n would.
+    """
+    assert size % 16 == 0 and size > 0
+    bounds, a = [], 0
+    while n - a > size + 16:
+        bounds.append((a, a + size))
+        a += size
+    return bounds + [(a, n)]
+
+
+def init_weights(model: Decoder, seed: int, chunk: int | None = None) -> None:
+    """Deterministic init from ``seed`` alone (every rank gets identical weights without a broadcast).
+
+    One CPU generator's float64 normal stream, scaled, rounded to float32, then to the parameter's
+    dtype, written into the parameters wherever they live: the values (bit for bit) of the original
+    init, which drew each tensor whole on the CPU and built the model in float32 before moving it.
+    Drawn ``chunk`` elements at a time (default ``INIT_CHUNK``), so the host never holds more than one
+    chunk, however big the model and whatever its device.
+    """
     gen = torch.Generator().manual_seed(seed)
     std = 0.02
     out_std = std / math.sqrt(2 * model.cfg.num_layers)
@@ -177,11 +203,17 @@ def init_weights(model: Decoder, seed: int) -> None:
                 p.fill_(1.0)
                 continue
             scale = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
+            flat = p.view(-1)
+            for a, b in _chunks(p.numel(), chunk or INIT_CHUNK):
+                flat[a:b].copy_((torch.randn(b - a, generator=gen, dtype=torch.float64) * scale).to(torch.float32))
 
 
 def build_model(cfg: ModelConfig, *, dtype: torch.dtype, device: torch.device, seed: int,
                 attention: AttentionFn | None = None, recompute: bool = False) -> Decoder:
-    model = Decoder(cfg, attention, recompute=recompute)
+    """The decoder in ``dtype`` on ``device``: built on ``meta`` (no weights anywhere), storage allocated
+    once on ``device``, then ``init_weights`` writes the seeded values there."""
+    with torch.device("meta"):
+        model = Decoder(cfg, attention, recompute=recompute)
+    model = model.to(dtype=dtype).to_empty(device=device)
     init_weights(model, seed)
-    return model.to(device=device, dtype=dtype)
+    return model
