@@ -104,6 +104,51 @@ def test_timeouts_per_backend_and_the_flight_recorder_defaults():
     assert run_groups.Groups(backend="nccl").stream_ordered and not run_groups.Groups(backend="gloo").stream_ordered
 
 
+def test_warm_up_ends_by_shortening_only_the_nccl_groups(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dist.distributed_c10d, "_set_pg_timeout", lambda t, g: calls.append((t.total_seconds(), g)))
+    assert run_groups.end_warmup(run_groups.Groups(backend="gloo"), 60.0) is None and calls == []
+    second = object()
+    assert run_groups.end_warmup(run_groups.Groups(second=second, backend="nccl"), 60.0) == 600.0
+    assert calls == [(600.0, None), (600.0, second)]
+
+
+@pytest.mark.timeout(30)
+def test_an_error_aborts_the_groups_and_a_clean_run_destroys_them(monkeypatch):
+    from hdp.runtime.launch.worker import close_groups
+
+    calls = []
+    real_abort = dist.distributed_c10d._abort_process_group
+    monkeypatch.setattr(dist.distributed_c10d, "_abort_process_group", lambda: calls.append("abort") or real_abort())
+    real_destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy") or real_destroy())
+    for ok in (False, True):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        run_groups.install(run_groups.create_groups("gloo", 10.0))
+        close_groups(ok)
+        assert not dist.is_initialized() and run_groups._installed is None
+    assert calls == ["abort", "destroy"]  # a destroy waits for pending work a dead peer never completes
+
+
+def test_each_rank_hashes_only_the_files_it_wrote(tmp_path):
+    from hdp.runtime.checkpoint import files
+
+    names = [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp", "__2_1.distcp", "__10_0.distcp"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([i]) * (i + 1))
+    own = {r: files.own_files(str(tmp_path), r) for r in range(11)}
+    assert own[0] == [".metadata", "__0_0.distcp"] and own[2] == ["__2_0.distcp", "__2_1.distcp"]
+    assert own[1] == ["__1_0.distcp"] and own[10] == ["__10_0.distcp"] and own[5] == []
+    assert sorted(n for ns in own.values() for n in ns) == sorted(names)  # every file hashed exactly once
+    merged = {n: d for r in own for n, d in files.digests(str(tmp_path), own[r]).items()}
+    files.write_manifest(str(tmp_path), {"format": files.FORMAT}, merged)
+    gathered = (tmp_path / files.MANIFEST).read_text()
+    files.write_manifest(str(tmp_path), {"format": files.FORMAT})  # one process hashing everything
+    assert (tmp_path / files.MANIFEST).read_text() == gathered
+    with pytest.raises(AssertionError, match="digests of"):
+        files.write_manifest(str(tmp_path), {"format": files.FORMAT}, {n: merged[n] for n in names[1:]})
+
+
 class FakeWork:
     def __init__(self, done: bool) -> None:
         self.done = done
@@ -301,6 +346,20 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
             out[f"step_{world}_{size}"] = (counter.count + spy.blocking_waits(), res.loss, res.grad_norm, res.maxima)
         dist.barrier()
     comm.stream_ordered = lambda group: str(dist.get_backend(group)) == "nccl"
+
+    # Item 4: a checkpoint on the host (gloo) group; each rank hashes only the files it wrote.
+    from hdp.runtime.checkpoint import files
+    from hdp.runtime.checkpoint.state import Checkpointer
+    from hdp.runtime.config import TrainConfig
+
+    hashed: list[str] = []
+    real_digest = files.file_digest
+    files.file_digest = lambda path: hashed.append(os.path.basename(path)) or real_digest(path)
+    ckpt = Checkpointer(TrainConfig(save_dir=os.path.join(out_dir, "ckpt"), progress=False), opt, "data", rank, WORLD)
+    out["checkpoint_group_is_host"] = ckpt.group is groups.host
+    ckpt.save(1)
+    files.file_digest = real_digest
+    out["hashed"] = hashed
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -337,6 +396,13 @@ def test_groups_waits_and_host_syncs_across_four_gloo_ranks(tmp_path):
     for key, (loss, norm) in losses.items():  # one batch, three layouts: one loss and one gradient norm
         assert loss == pytest.approx(first[0], rel=1e-12) and norm == pytest.approx(first[1], rel=1e-12), key
     assert results[0]["step_4_4"][3] == (3, 10) and results[1]["step_2_2"][3] == (1, 10)  # folded maxima
+    for rank, got in enumerate(results):  # each rank hashed its own file; rank 0 also DCP's .metadata
+        assert got["checkpoint_group_is_host"]
+        assert got["hashed"] == ([".metadata"] if rank == 0 else []) + [f"__{rank}_0.distcp"], (rank, got["hashed"])
+    from hdp.runtime.checkpoint import files
+
+    manifest = files.read_manifest(str(tmp_path / "ckpt" / "step-000001"))  # the gathered digests check out
+    assert sorted(manifest["files"]) == [".metadata"] + [f"__{r}_0.distcp" for r in range(WORLD)]
 
 
 def _late_peer(rank: int, port: int) -> None:

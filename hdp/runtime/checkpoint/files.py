@@ -111,10 +111,39 @@ def check_compatible(manifest: dict[str, Any], exact: dict[str, Any], layout: li
                          f"{sum(e[2] for e in layout):,}): resume with the --model it was saved with")
 
 
-def write_manifest(tmp: str, manifest: dict[str, Any]) -> None:
-    """Record the digests of everything DCP wrote, then ``hdp.json`` itself (fsynced: the rename follows)."""
+_RANK_FILE = re.compile(r"^__(\d+)_\d+\.distcp$")
+"""DCP's data files: ``__<rank>_<index>.distcp``, written by that rank of the saving group."""
+
+
+def own_files(tmp: str, rank: int) -> list[str]:
+    """The files of ``tmp`` that rank ``rank`` hashes: the DCP data files it wrote itself and, on rank 0,
+    everything else (``.metadata``). Every file falls to exactly one rank."""
+    names = sorted(n for n in os.listdir(tmp) if n != MANIFEST)
+    mine = []
+    for name in names:
+        m = _RANK_FILE.match(name)
+        if (int(m.group(1)) if m else 0) == rank:
+            mine.append(name)
+    return mine
+
+
+def digests(tmp: str, names: list[str]) -> dict[str, list[Any]]:
+    """``{name: [size, sha256]}`` of the files ``names`` of ``tmp``."""
+    return {n: file_digest(os.path.join(tmp, n)) for n in names}
+
+
+def write_manifest(tmp: str, manifest: dict[str, Any], recorded: dict[str, list[Any]] | None = None) -> None:
+    """Record the digests of everything DCP wrote, then ``hdp.json`` itself (fsynced: the rename follows).
+
+    ``recorded``: the digests every rank computed of its own files (``own_files``, gathered), so rank
+    0 does not hash the whole checkpoint while the others wait; None: hash every file here. Either way
+    the manifest must name exactly the files in ``tmp``.
+    """
     files = sorted(n for n in os.listdir(tmp) if n != MANIFEST)
-    manifest = {**manifest, "files": {n: file_digest(os.path.join(tmp, n)) for n in files}}
+    if recorded is None:
+        recorded = digests(tmp, files)
+    assert sorted(recorded) == files, f"digests of {sorted(recorded)} for the files {files}"
+    manifest = {**manifest, "files": {n: recorded[n] for n in files}}
     target = os.path.join(tmp, MANIFEST)
     with open(target, "w") as f:
         json.dump(manifest, f, indent=1)

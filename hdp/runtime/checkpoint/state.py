@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor, Shard
 from hdp.runtime.checkpoint import files
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.optim.zero import ShardedAdamW
+from hdp.runtime.parallel import groups as run_groups
 
 STATES = ("param", "master", "exp_avg", "exp_avg_sq")
 
@@ -52,8 +53,11 @@ class Checkpointer:
     def __init__(self, config: TrainConfig, optimizer: ShardedAdamW, data_id: str, rank: int, world_size: int) -> None:
         self.config, self.optimizer, self.data_id = config, optimizer, data_id
         self.rank, self.world_size = rank, world_size
-        # A group of its own: an async save's background collectives never pair with training's.
-        self.group = dist.new_group(backend="gloo") if config.async_save else None
+        # Barriers and DCP's object collectives on the run's gloo group (parallel.groups): waiting while
+        # rank 0 writes the manifest must not count against NCCL's watchdog, and an async save's
+        # background collectives never pair with training's (a group of their own).
+        host = run_groups.current().host
+        self.group = host if host is not None else dist.new_group(backend="gloo") if config.async_save else None
         self.mesh = init_device_mesh("cpu", (world_size,))
         self._pending: tuple[Future, int] | None = None
 
@@ -118,12 +122,22 @@ class Checkpointer:
 
     def _finish(self, step: int) -> None:
         dist.barrier(group=self.group)  # every rank's file is written
+        recorded = self._digests(files.step_dir(self.config.save_dir, step) + ".tmp")
         if self.rank == 0:
             final = files.step_dir(self.config.save_dir, step)
-            files.write_manifest(final + ".tmp", self._manifest(step))
+            files.write_manifest(final + ".tmp", self._manifest(step), recorded)
             files.publish(final + ".tmp", final)
             files.prune(self.config.save_dir, self.config.keep)
         dist.barrier(group=self.group)
+
+    def _digests(self, tmp: str) -> dict[str, list[Any]] | None:
+        """Each rank hashes only the files it wrote (``files.own_files``); rank 0 gets them all (None elsewhere)."""
+        mine = files.digests(tmp, files.own_files(tmp, self.rank))
+        if self.world_size == 1:
+            return mine
+        gathered: list[Any] = [None] * self.world_size if self.rank == 0 else []
+        dist.gather_object(mine, gathered if self.rank == 0 else None, dst=0, group=self.group)
+        return {name: d for part in gathered for name, d in part.items()} if self.rank == 0 else None
 
     def _manifest(self, step: int) -> dict[str, Any]:
         return {"format": files.FORMAT, "step": step, "adam_steps": self.optimizer.num_steps,
