@@ -152,16 +152,8 @@ class Checkpointer:
         manifest = files.read_manifest(path)
         files.check_compatible(manifest, exact_config(self.config), layout_of(self.optimizer), self.data_id, path)
         o = self.optimizer
-        if o.zero == 0:  # every rank holds the whole buffers: ask for all of each
-            state: dict[str, Any] = {k: v[: o.numel] for k, v in self._flat().items()}
-        else:
-            state = self._sharded(self._flat(), copy=False)
-        try:
-            dcp.load(state, checkpoint_id=path, process_group=self.group)
-        except Exception as e:  # noqa: BLE001 - DCP wraps every reader error; the cause is the file
-            raise ValueError(f"checkpoint {path!r} could not be read ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): resume from "
-                             "an earlier step-* directory") from None
+        for name, live in self._flat().items():  # one buffer at a time: the host stages one shard, not four
+            self._load_into(name, live, path)
         if o.zero >= 1 and o._distributed():  # parameters outside this rank's shard come from their owners
             lo, hi = o.shard_range
             dist.all_gather_single(o.flat_param, o.flat_param[lo:hi], group=o.group)
@@ -169,6 +161,27 @@ class Checkpointer:
         rng = base64.b64decode(manifest["rng"])
         torch.set_rng_state(torch.frombuffer(bytearray(rng), dtype=torch.uint8))
         return int(manifest["step"])
+
+    def _load_into(self, name: str, live: torch.Tensor, path: str) -> None:
+        """Read ``name`` into a host staging tensor, then ``copy_`` what DCP filled into the live buffer, on
+        every device alike: given a GPU shard, the CPU mesh's ``DTensor.from_local`` made a host *copy*,
+        ``dcp.load`` filled the copy and the GPU buffers kept their fresh values."""
+        o = self.optimizer
+        if o.zero == 0:  # every rank holds the whole buffer: ask for all of it
+            target = live[: o.numel]
+            state: dict[str, Any] = {name: torch.empty(target.shape, dtype=live.dtype, device="cpu")}
+        else:
+            lo, hi = self._chunk()
+            target = live[: hi - lo]  # zero >= 1 buffers start at this rank's offset
+            state = self._sharded({name: torch.empty(hi - lo, dtype=live.dtype, device="cpu")}, copy=False)
+        try:
+            dcp.load(state, checkpoint_id=path, process_group=self.group)
+        except Exception as e:  # noqa: BLE001 - DCP wraps every reader error; the cause is the file
+            raise ValueError(f"checkpoint {path!r} could not be read ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): resume from "
+                             "an earlier step-* directory") from None
+        filled = state[name]
+        target.copy_(filled.to_local() if isinstance(filled, DTensor) else filled)
 
 
 def open_checkpoint(config: TrainConfig, doc_lengths, optimizer: ShardedAdamW, rank: int,
