@@ -169,8 +169,6 @@ def _optional(parser: argparse.ArgumentParser, dests: set[str]) -> Iterator[None
 
 def _config_path(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """``--config`` from the command line (or an @file) without parsing the rest."""
-    if not any(a.dest == "config" for a in parser._actions):
-        return None
     pre = type(parser)(prog=parser.prog, add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -179,6 +177,8 @@ def _config_path(parser: argparse.ArgumentParser, argv: list[str]) -> str | None
 
 def parse_command(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse ``argv`` over the ``--config`` file's values; ``--print-config`` prints them and exits."""
+    if not any(a.dest == "config" for a in parser._actions):  # a command without run configs
+        return parser.parse_args(argv)
     path = _config_path(parser, argv)
     if path is None:
         args = parser.parse_args(argv)
