@@ -38,7 +38,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     timeout_s: float = 60.0
-    """Seconds a rank waits for a peer (process-group collectives and ring messages)."""
+    """Seconds a rank waits for a peer: hdp's own deadline for ring transfers on every backend, and on gloo
+    the process groups' timeout. NCCL's watchdog gets 30 min until the first step completes, then
+    max(10 min, 2 x this), so hdp's message comes first (``hdp.runtime.parallel.groups``)."""
     offload: bool = False
     """Plan with selective activation offloading (make_plan(offload=True))."""
     offload_ratio: float | None = None

@@ -149,6 +149,22 @@ def test_each_rank_hashes_only_the_files_it_wrote(tmp_path):
         files.write_manifest(str(tmp_path), {"format": files.FORMAT}, {n: merged[n] for n in names[1:]})
 
 
+def test_memory_figures_fold_into_the_plan_check_and_device_memory_is_absent_on_cpu(monkeypatch):
+    from hdp.runtime.observe import memory_stats
+
+    assert memory_stats.memory_fields([5, -1, -1]) == {"state_bytes": 5, "peak_memory_bytes": None}
+    assert memory_stats.memory_fields([5, 7, 9]) == {"state_bytes": 5, "peak_memory_bytes": 7, "device_used_bytes": 9}
+    monkeypatch.setattr(torch.accelerator, "get_memory_info", lambda device: (30, 100), raising=False)
+    monkeypatch.setattr(torch.accelerator, "max_memory_allocated", lambda device: 42, raising=False)
+
+    class Opt:
+        def state_bytes(self) -> int:
+            return 11
+
+    assert memory_stats.local_memory(Opt(), torch.device("cuda", 0)) == [11, 42, 70]  # used = total - free
+    assert memory_stats.local_memory(Opt(), torch.device("cpu")) == [11, -1, -1]
+
+
 class FakeWork:
     def __init__(self, done: bool) -> None:
         self.done = done
