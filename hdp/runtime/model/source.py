@@ -22,8 +22,27 @@ def model_shape(config: TrainConfig) -> ModelConfig:
     return hf_shape(load_hf_config(config.hf_model, config.max_seq_len), f"hf:{config.hf_model}")
 
 
+def matmul_precision(device_type: str, dtype: torch.dtype) -> str | None:
+    """``"tf32"`` for float32 on CUDA; None (torch's own setting, IEEE) for every other device or dtype."""
+    return "tf32" if device_type == "cuda" and dtype == torch.float32 else None
+
+
+def configure_matmul(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Enable TF32 float32 matmuls where ``matmul_precision`` says so (process-wide: one rank, one device).
+
+    Only the new-style ``fp32_precision`` switch is set: mixed with the legacy ``allow_tf32``, torch
+    refuses to report the precision at all.
+    """
+    precision = matmul_precision(device.type, dtype)
+    if precision is not None:
+        torch.backends.cuda.matmul.fp32_precision = precision
+    return precision
+
+
 def build_train_model(config: TrainConfig, device: torch.device) -> nn.Module:
-    """The model every rank builds identically (weights from the directory, or seeded from ``--seed``)."""
+    """The model every rank builds identically (weights from the directory, or seeded from ``--seed``),
+    with its device's matmul precision set (``configure_matmul``: TF32 where float32 remains on CUDA)."""
+    configure_matmul(device, config.torch_dtype)
     if config.hf_model is None:
         from hdp.runtime.model.decoder import build_model
 

@@ -4,6 +4,11 @@
 AdamW moments and gradient accumulation/reduction, fp32 loss. A pure-bf16 AdamW step of a 0.02
 weight rounds any update below ~1e-4 to nothing; the fp32 master keeps it. ``float32`` and
 ``float64`` keep everything in that dtype (float64 is the exactness mode).
+
+The default is bfloat16 on accelerators and float32 on CPU (``hdp.runtime.config.default_dtype``).
+Where float32 remains on CUDA (``--dtype float32`` there), its matmuls use TF32 tensor cores
+(``hdp.runtime.model.source.configure_matmul``, set where each rank builds its model): full fp32
+runs at a fraction of TF32's rate on an H100. CPU float32 and float64 stay exact.
 """
 
 from __future__ import annotations
