@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"model preset (default {d.model}, which trains on a CPU; hdp plan and hdp simulate default "
                         "to a production model)")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES),
-                   help=f"default {d.dtype} (hdp calibrate measures bfloat16 on an accelerator)")
+                   help=f"default: bfloat16 with an accelerator (fp32 master weights and moments), float32 on CPU "
+                        f"(here {d.dtype}); hdp calibrate measures bfloat16 on an accelerator")
     p.add_argument("--steps", type=int, default=d.steps,
                    help=f"optimizer steps (default {d.steps}, a loss going down; hdp simulate times 1)")
     add_global_batch_tokens(p, f"tokens per step, independent of the number of ranks (default "

@@ -16,12 +16,26 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 TRAIN_STRATEGIES = tuple(STRATEGIES)  # the planner's table (hdp.plan.strategies)
 
 
+def dtype_for_device(device_type: str) -> str:
+    """The default ``--dtype`` for ranks on ``device_type``: float32 on CPU (the exact tests' dtype), bfloat16
+    on accelerators, where float32 has no fused flash kernel and ring pairs fall back to the matmul kernel's
+    [H, Nq, Nk] scores (fp32 master weights and moments stay either way: ``optim.precision``)."""
+    return "float32" if device_type == "cpu" else "bfloat16"
+
+
+def default_dtype() -> str:
+    """``dtype_for_device`` of this machine's accelerator, if it has one (the device the launcher gives ranks)."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return dtype_for_device(accelerator.type if accelerator is not None else "cpu")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "tiny"
     """Model preset (hdp.plan.cost.model_config.PRESETS)."""
-    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
-    """Parameter and activation dtype; bfloat16 trains with fp32 master weights, moments and gradient reduction."""
+    dtype: Literal["float32", "bfloat16", "float64"] = field(default_factory=default_dtype)
+    """Parameter and activation dtype; bfloat16 trains with fp32 master weights, moments and gradient reduction.
+    Default ``default_dtype()``: bfloat16 where this machine has an accelerator, float32 on CPU."""
     steps: int = 20
     global_batch_tokens: int = 4096
     """Tokens per step, whatever the number of ranks."""
