@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hdp.runtime.offload.activations import ActivationOffloader
+from hdp.runtime.offload.host_pool import HostBufferPool, power_of_two_ceil, size_class
 from tests.runtime.tiny_llama import TinyLlama
 from tests.runtime.tiny_llama import forward_backward as run
 
@@ -63,6 +64,19 @@ def test_pinned_pool_does_not_grow() -> None:
         sizes.append((pool.num_allocations, pool.reserved_bytes))
     assert sizes[0] == sizes[1] == sizes[2]
     assert all(b.data.is_pinned() for bufs in pool._free.values() for b in bufs)
+
+
+def test_pinned_pool_reports_what_the_host_allocator_holds() -> None:
+    """The pool's reserved bytes are the pinned bytes it checked out of PyTorch's host allocator, which
+    rounds each request up to a power of two (a buffer per request would hold up to 2x what it asked)."""
+    key = "active_bytes.current"  # blocks handed out, at their rounded size (cached blocks reused or not)
+    before = torch.cuda.host_memory_stats()[key]
+    pool = HostBufferPool(pin_memory=True)
+    sizes = [int(2**20 * x) for x in (1.3, 3.7, 17.1, 100.5, 257.0, 3.7, 40.2, 0.01)]
+    bufs = [pool.acquire(n) for n in sizes]
+    assert torch.cuda.host_memory_stats()[key] - before == pool.reserved_bytes
+    assert all(b.data.is_pinned() for b in bufs) and pool.num_slabs < len(sizes)
+    assert sum(power_of_two_ceil(size_class(n)) for n in sizes) > 1.2 * sum(size_class(n) for n in sizes)
 
 
 def peak_activation_bytes(layers: int) -> int:
