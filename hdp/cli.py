@@ -41,6 +41,17 @@ class UserError(Exception):
     """Bad input: the message says what is wrong and what to do."""
 
 
+class _SubCommands(argparse._SubParsersAction):
+    """Arguments the chosen sub-parser does not know are its error (``hdp data prepare: error: ...``),
+    not its parent's."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        super().__call__(parser, namespace, values, option_string)
+        extras = getattr(namespace, argparse._UNRECOGNIZED_ARGS_ATTR, None)
+        if extras:
+            self.choices[values[0]].error(f"unrecognized arguments: {' '.join(extras)}")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors are one line on stderr (the usage itself is under ``--help``), exit 2. No
     abbreviations (``--step`` is not ``--steps``); ``@FILE`` reads arguments from a file."""
@@ -49,6 +60,7 @@ class OneLineParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("fromfile_prefix_chars", "@")
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubCommands)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

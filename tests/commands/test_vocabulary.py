@@ -109,7 +109,7 @@ def test_no_parser_takes_abbreviations():
     (["plan", "--ranks", "x"], "hdp plan: error: argument --ranks/--nproc: invalid int value: 'x'"),
     (["calibrate"], "hdp calibrate: error: the following arguments are required: --out"),
     (["data", "prepare", "--bogus"], "hdp data prepare: error: the following arguments are required"),
-    (["data", "prepare", "in", "--out", "x", "--bogus"], "hdp data: error: unrecognized arguments: --bogus"),
+    (["data", "prepare", "in", "--out", "x", "--bogus"], "hdp data prepare: error: unrecognized arguments: --bogus"),
     (["bogus"], "hdp: error: argument COMMAND: invalid choice: 'bogus'"),
 ])
 def test_usage_errors_are_one_line_naming_the_subcommand(argv, error, capsys):
