@@ -374,8 +374,23 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
     ckpt = Checkpointer(TrainConfig(save_dir=os.path.join(out_dir, "ckpt"), progress=False), opt, "data", rank, WORLD)
     out["checkpoint_group_is_host"] = ckpt.group is groups.host
     ckpt.save(1)
+    out["hashed"], hashed[:] = list(hashed), []
+    path = os.path.join(out_dir, "ckpt", "step-000001")
+    assert ckpt.restore(path) == 1
+    out["verified"], hashed[:] = list(hashed), []
+    dist.barrier()
+    if rank == 0:  # same size, one byte changed: only the rank that hashes it can see it
+        with open(os.path.join(path, "__3_0.distcp"), "r+b") as f:
+            byte = f.read(1)
+            f.seek(0)
+            f.write(bytes([byte[0] ^ 1]))
+    dist.barrier()
+    try:
+        ckpt.restore(path)
+        out["corrupt"] = None
+    except ValueError as e:
+        out["corrupt"] = str(e)
     files.file_digest = real_digest
-    out["hashed"] = hashed
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -415,10 +430,13 @@ def test_groups_waits_and_host_syncs_across_four_gloo_ranks(tmp_path):
     for rank, got in enumerate(results):  # each rank hashed its own file; rank 0 also DCP's .metadata
         assert got["checkpoint_group_is_host"]
         assert got["hashed"] == ([".metadata"] if rank == 0 else []) + [f"__{rank}_0.distcp"], (rank, got["hashed"])
-    from hdp.runtime.checkpoint import files
-
-    manifest = files.read_manifest(str(tmp_path / "ckpt" / "step-000001"))  # the gathered digests check out
-    assert sorted(manifest["files"]) == [".metadata"] + [f"__{r}_0.distcp" for r in range(WORLD)]
+    names = [".metadata"] + [f"__{r}_0.distcp" for r in range(WORLD)]
+    # Resuming, the 4 ranks hash the 5 files once between them (not 4 times each) ...
+    assert sorted(n for got in results for n in got["verified"]) == names
+    assert [len(got["verified"]) for got in results] == [2, 1, 1, 1]
+    # ... and a file only one rank hashed stops every rank with the same line.
+    corrupt = {got["corrupt"] for got in results}
+    assert len(corrupt) == 1 and "is corrupt: __3_0.distcp does not match the SHA-256" in corrupt.pop()
 
 
 def _late_peer(rank: int, port: int) -> None:

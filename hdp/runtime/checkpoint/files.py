@@ -65,8 +65,13 @@ def file_digest(path: str) -> list[Any]:
     return [os.path.getsize(path), h.hexdigest()]
 
 
-def read_manifest(path: str) -> dict[str, Any]:
-    """The checked ``hdp.json`` of checkpoint ``path``: every file present with its recorded size and hash."""
+def read_manifest(path: str, share: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The checked ``hdp.json`` of checkpoint ``path``: every file present with its recorded size and hash.
+
+    ``share=(rank, world_size)``: every file's presence and size are checked, but only every
+    ``world_size``-th file (from the ``rank``-th, names sorted) is hashed, so W ranks resuming hash the
+    checkpoint once between them instead of W times (their verdicts are combined by the caller).
+    """
     where = f"checkpoint {path!r}"
     try:
         with open(os.path.join(path, MANIFEST)) as f:
@@ -80,14 +85,18 @@ def read_manifest(path: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{where} is not an hdp checkpoint of format {FORMAT} ({MANIFEST} has "
                          f"{str(manifest.get('format') if isinstance(manifest, dict) else manifest)[:40]!r})")
-    for name, (size, digest) in manifest["files"].items():
+    rank, world_size = share or (0, 1)
+    for i, (name, (size, digest)) in enumerate(sorted(manifest["files"].items())):
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             raise ValueError(f"{where} is incomplete: {name} is missing; resume from an earlier step-* directory")
-        actual = file_digest(file)
-        if actual[0] != size:
-            raise ValueError(f"{where} is truncated or corrupt: {name} has {actual[0]:,} bytes, {size:,} were "
+        actual_size = os.path.getsize(file)
+        if actual_size != size:
+            raise ValueError(f"{where} is truncated or corrupt: {name} has {actual_size:,} bytes, {size:,} were "
                              "written; resume from an earlier step-* directory")
+        if i % world_size != rank:
+            continue  # another rank hashes this one
+        actual = file_digest(file)
         if actual[1] != digest:
             raise ValueError(f"{where} is corrupt: {name} does not match the SHA-256 recorded when it was written; "
                              "resume from an earlier step-* directory")

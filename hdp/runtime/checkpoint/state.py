@@ -130,6 +130,24 @@ class Checkpointer:
             files.prune(self.config.save_dir, self.config.keep)
         dist.barrier(group=self.group)
 
+    def _read_manifest(self, path: str) -> dict[str, Any]:
+        """``files.read_manifest`` with the hashing split over the ranks (each hashes 1/W of the files, not
+        all of them); every rank raises the first error any rank found (one object all-gather, on the gloo group)."""
+        if self.world_size == 1:
+            return files.read_manifest(path)
+        manifest, error = None, None
+        try:
+            manifest = files.read_manifest(path, share=(self.rank, self.world_size))
+        except ValueError as e:
+            error = str(e)
+        errors: list[Any] = [None] * self.world_size
+        dist.all_gather_object(errors, error, group=self.group)
+        first = next((e for e in errors if e), None)
+        if first is not None:
+            raise ValueError(first)
+        assert manifest is not None
+        return manifest
+
     def _digests(self, tmp: str) -> dict[str, list[Any]] | None:
         """Each rank hashes only the files it wrote (``files.own_files``); rank 0 gets them all (None elsewhere)."""
         mine = files.digests(tmp, files.own_files(tmp, self.rank))
@@ -149,7 +167,7 @@ class Checkpointer:
     # -- restore ------------------------------------------------------------------------------------
     def restore(self, path: str) -> int:
         """Load checkpoint ``path`` into the optimizer and model; returns the step to continue from."""
-        manifest = files.read_manifest(path)
+        manifest = self._read_manifest(path)
         files.check_compatible(manifest, exact_config(self.config), layout_of(self.optimizer), self.data_id, path)
         o = self.optimizer
         for name, live in self._flat().items():  # one buffer at a time: the host stages one shard, not four
