@@ -23,11 +23,14 @@ from hdp.runtime.checkpoint.state import after_step, open_checkpoint
 from hdp.runtime.checkpoint.files import agent_attempt
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.optim.lr_schedule import lr_at
-from hdp.runtime.observe.memory_stats import memory_record
+from hdp.runtime.observe.memory_stats import local_memory, memory_fields, memory_record
 from hdp.runtime.model.source import build_train_model
 from hdp.runtime.offload.activations import ActivationOffloader
 from hdp.runtime.launch.faults import Fault, maybe_kill
 from hdp.runtime.launch.accelerator import allocator_defaults, step_elapsed
+from hdp.runtime.parallel import deadlines
+from hdp.runtime.parallel import groups as run_groups
+from hdp.runtime.parallel.devices import check_devices_agree, pick_device
 from hdp.runtime.parallel.peers import PeerError, collective, peer_cause
 
 from hdp.runtime.train.step import StepResult, build_optimizer, train_step
@@ -47,16 +50,6 @@ class NonFiniteStep(Exception):
     """A step's loss or gradient was NaN/Inf under ``--on-nan stop`` (every rank raises it together)."""
 
 
-def pick_device(local_rank: int, use_accelerator: bool) -> torch.device:
-    """Local accelerator ``local_rank`` when asked for and present, else CPU (gloo). No device literals."""
-    if use_accelerator and torch.accelerator.is_available() and local_rank < torch.accelerator.device_count():
-        acc = torch.accelerator.current_accelerator()
-        assert acc is not None
-        torch.accelerator.set_device_index(local_rank)
-        return torch.device(acc.type, local_rank)
-    return torch.device("cpu")
-
-
 def _gather_devices(device: torch.device, world_size: int) -> list[str]:
     """Every rank's device, for rank 0's summary (one small collective at start-up)."""
     if world_size == 1:
@@ -67,22 +60,38 @@ def _gather_devices(device: torch.device, world_size: int) -> list[str]:
     return [str(d) for d in devices]
 
 
-def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
-    """Create the default process group once (env:// rendezvous: MASTER_ADDR/MASTER_PORT).
+def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float, *,
+               check_agreement: bool = False) -> run_groups.Groups:
+    """Create the process groups once (env:// rendezvous: MASTER_ADDR/MASTER_PORT); returns them, installed.
+
+    The world group's timeout is ``--timeout`` on gloo and long on NCCL until warm-up ends
+    (``groups.pg_timeout_s``); NCCL also gets the flight recorder's settings where unset.
+    ``check_agreement`` (torchrun): every rank must have picked the same device type, checked on
+    the rendezvous store before the first collective (``devices.check_devices_agree``).
 
     A torchrun attempt after a restart (TORCHELASTIC_RESTART_COUNT > 0) meets the agent's store
     again, where the dead attempt's keys still are: its keys go under a prefix of their own, else
     the rank that got there first reads the dead attempt's gloo addresses and times out."""
     backend = dist.get_default_backend_for_device(device)
-    timeout = datetime.timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        run_groups.nccl_environment()
+    timeout = datetime.timedelta(seconds=run_groups.pg_timeout_s(backend, timeout_s, warm=False))
     device_id = device if device.type != "cpu" else None
     attempt = agent_attempt()
-    if attempt == 0:
+    if attempt == 0 and not check_agreement:
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id)
-        return
-    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
-    dist.init_process_group(backend, store=dist.PrefixStore(f"hdp/attempt-{attempt}", store), rank=rank,
-                            world_size=world_size, timeout=timeout, device_id=device_id)
+    else:
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        if check_agreement:
+            check_devices_agree(dist.PrefixStore(f"hdp/devices-{attempt}", store), world_size, device.type,
+                                timeout_s)
+        if attempt > 0:
+            store = dist.PrefixStore(f"hdp/attempt-{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
+                                device_id=device_id)
+    groups = run_groups.create_groups(backend, timeout_s)
+    run_groups.install(groups)
+    return groups
 
 
 def say(line: str) -> None:
@@ -91,10 +100,17 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
-def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *, use_accelerator: bool) -> int:
-    """Train on this rank; returns the process exit code (0 on success)."""
+def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *, use_accelerator: bool,
+             torchrun: bool = False) -> int:
+    """Train on this rank; returns the process exit code (0 on success).
+
+    ``torchrun``: launched by torchrun, where an accelerator that is expected but missing is an error,
+    never a silent CPU/gloo fallback (``parallel.devices``)."""
+    ok = False
     try:
-        return _train(config, rank, world_size, local_rank, use_accelerator)
+        code = _train(config, rank, world_size, local_rank, use_accelerator, torchrun)
+        ok = code == 0
+        return code
     except ValueError as e:
         say(f"hdp train: error: rank {rank}: {e}")
         return EXIT_USER_ERROR
@@ -112,21 +128,32 @@ def run_rank(config: TrainConfig, rank: int, world_size: int, local_rank: int, *
             say("hdp train: interrupted")
         return EXIT_INTERRUPTED
     finally:
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - a broken group cannot always be torn down; exiting is enough
-                pass
+        close_groups(ok)
 
 
-def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool) -> int:
+def close_groups(ok: bool) -> None:
+    """Destroy the groups after a clean run; after an error *abort* them: a destroy waits for pending
+    work, and with a dead peer that work never completes (the rank would hang instead of exiting)."""
+    if not dist.is_initialized():
+        return
+    if not ok and run_groups.abort_all():
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a broken group cannot always be torn down; exiting is enough
+        pass
+    run_groups.install(None)
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool,
+           torchrun: bool = False) -> int:
     allocator_defaults()  # expandable segments, unless the user chose: before anything starts CUDA
     run = Run.from_config(config, world_size)
     config = run.config
     run.check_feasible(world_size)
     offload_layers = run.offload_layers()
-    device = pick_device(local_rank, use_accelerator)
-    init_group(rank, world_size, device, config.timeout_s)
+    device = pick_device(local_rank, use_accelerator, strict=torchrun)
+    groups = init_group(rank, world_size, device, config.timeout_s, check_agreement=torchrun and world_size > 1)
     model = build_train_model(config, device)
     fault = Fault.from_env()  # HDP_DEBUG_FAULT (hdp.runtime.launch.faults); None in normal runs
     if fault is not None:
@@ -147,6 +174,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     try:
         for step in range(start_step, config.steps):
             maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.launch.faults)
+            deadlines.where = f"step {step}"  # the ring deadline watcher's prefix (NCCL)
             start = time.perf_counter()
             plan = run.plan(step, world_size)
             lr = lr_at(step, lr=config.lr, steps=config.lr_steps, schedule=config.lr_schedule,
@@ -155,9 +183,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             if fault is not None:
                 fault.current_step = step
             try:
+                # This rank's memory so far rides in the step's plan check (no collective of its own).
                 result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
                                     timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
-                                    offload_layers=offload_layers, lr=lr)
+                                    offload_layers=offload_layers, lr=lr, fold=local_memory(optimizer, device))
             except (PeerError, dist.DistError) as e:  # say where: step (the ring error names ring, micro-batch, peer)
                 raise PeerError(f"step {step}: {e if isinstance(e, PeerError) else peer_cause(e)}") from e
             except ValueError as e:
@@ -166,13 +195,15 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             copied = offload.offloaded_bytes if offload else 0
             elapsed = step_elapsed(start, device)  # after the device finished the step: honest tokens/s
             record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
-                      "lr": lr, **fixed, **memory_record(optimizer, device)}
+                      "lr": lr, **fixed, **step_memory(result, optimizer, device, world_size, step == config.steps - 1)}
             if skipped:  # null, not NaN: the metrics file stays strict JSON
                 record.update(skipped=True, **{k: None for k in ("loss", "grad_norm") if not math.isfinite(record[k])})
             reporter.step(record)
             if dump is not None:  # after the step's timing: reading the whole batch is not training work
                 dump.write(step, batch)
             after_step(ckpt, config, step + 1)
+            if step == start_step:  # warm-up (compiles, first connections) is over: NCCL's watchdog shortens
+                run_groups.end_warmup(groups, config.timeout_s)
         if ckpt is not None:
             ckpt.wait()
     finally:
@@ -185,6 +216,18 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         export_hf(model, config.export_hf, max_positions=config.max_seq_len, tokenizer=config.tokenizer)
     reporter.summary()
     return 0
+
+
+def step_memory(result: StepResult, optimizer: Any, device: torch.device, world_size: int, last: bool
+                ) -> dict[str, int | None]:
+    """The record's memory figures: on several ranks the maxima folded into the plan check (as of the
+    step's start); after the last step, and on one rank, as of the step's end."""
+    if world_size == 1:
+        return memory_fields(local_memory(optimizer, device))
+    if last:  # once per run: one all-reduce of its own, so the run's last record is complete
+        with collective("the memory figures' all-reduce"):
+            return memory_record(optimizer, device)
+    return memory_fields(list(result.maxima))
 
 
 def check_finite(result: StepResult, batch: Any, step: int, on_nan: str, rank: int) -> bool:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
 from hdp.data.batches import GlobalBatch
 from hdp.plan.types import Plan
-from hdp.runtime.train.inputs import IGNORE, check_batch_matches_plan, num_labelled_tokens, rank_inputs
+from hdp.runtime.train.inputs import (IGNORE, MicroBatchInputs, check_batch_matches_plan, num_labelled_tokens,
+                                     rank_inputs)
 from hdp.runtime.model.decoder import Decoder
 from hdp.runtime.offload.activations import ActivationOffloader
 from hdp.runtime.parallel.peers import collective
@@ -41,6 +43,19 @@ class StepResult:
     finite: bool = True
     """Loss and gradient norm are finite. Every rank agrees (both come out of the same all-reduce);
     when False the update was skipped, so parameters and optimizer states are still the last finite ones."""
+    maxima: tuple[int, ...] = ()
+    """The maximum over ranks of each value ``train_step`` was given in ``fold`` (the plan check's all-reduce)."""
+
+
+_TENSORS = ("tokens", "positions", "labels")
+
+
+def to_device(mb: MicroBatchInputs, device: torch.device) -> MicroBatchInputs:
+    """``mb``'s token tensors on ``device``: from pinned host memory, nonblocking (the host does not wait
+    for the copy, and a pageable copy would be staged through a bounce buffer first). As is on CPU."""
+    if device.type == "cpu":
+        return mb
+    return replace(mb, **{name: getattr(mb, name).pin_memory().to(device, non_blocking=True) for name in _TENSORS})
 
 
 def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
@@ -54,7 +69,9 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
     if denom == 0:
         raise ValueError("the global batch has no token with a label (every sequence has length 1): raise --global-batch-tokens")
     loss_share = torch.zeros((), dtype=torch.float64, device=device)
-    inputs = rank_inputs(plan, batch, rank, device, timeout_s=timeout_s)
+    # Built on the host, then one pinned nonblocking copy per tensor (the pinned memory is kept alive by
+    # the copy until it completes: the caching host allocator records the copy's stream).
+    inputs = [to_device(mb, device) for mb in rank_inputs(plan, batch, rank, torch.device("cpu"), timeout_s=timeout_s)]
     for mb in inputs:
         layers = mb.offload_layers if offload_layers is None else offload_layers
         scope = offload.micro_batch(layers) if offload else contextlib.nullcontext()
@@ -68,13 +85,18 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
 def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: GlobalBatch, *,
                rank: int, group: dist.ProcessGroup | None, device: torch.device, timeout_s: float | None,
                max_grad_norm: float = 1.0, offload: ActivationOffloader | None = None,
-               offload_layers: int | None = None, lr: float | None = None) -> StepResult:
-    """One step on this rank. Every rank of ``group`` must call it with the same plan and batch."""
+               offload_layers: int | None = None, lr: float | None = None, fold: Sequence[int] = ()) -> StepResult:
+    """One step on this rank. Every rank of ``group`` must call it with the same plan and batch.
+
+    ``fold``: integers whose maximum over ranks the caller wants (the memory figures), carried by the
+    plan check's all-reduce instead of a collective and host sync of their own (``StepResult.maxima``).
+    """
     world_size = dist.get_world_size(group) if dist.is_initialized() else 1
     check_world_size(plan, world_size)
     check_batch_matches_plan(plan, batch)
+    maxima = tuple(fold)
     if world_size > 1:
-        check_same_plan(plan, group, device)  # first collective of the step
+        maxima = tuple(check_same_plan(plan, group, device, fold))  # first collective of the step
     optimizer.zero_grad()
     loss_share, local_tokens, local_mbs = forward_backward(model, plan, batch, rank, device,
                                                            timeout_s=timeout_s, offload=offload,
@@ -89,7 +111,7 @@ def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: Globa
         if finite:
             optimizer.step(norm, max_grad_norm, lr)
     return StepResult(loss=loss, grad_norm=grad_norm, tokens=plan.total_tokens,
-                      local_tokens=local_tokens, local_micro_batches=local_mbs, finite=finite)
+                      local_tokens=local_tokens, local_micro_batches=local_mbs, finite=finite, maxima=maxima)
 
 
 def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1, *, zero: int = 0,
