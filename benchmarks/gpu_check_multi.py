@@ -57,29 +57,32 @@ def _gpu_check():
     return module
 
 
-def train_args(dtype: str, capacity: int, *extra: str) -> list[str]:
-    return ["--model", MODEL, "--dtype", dtype, "--steps", str(STEPS), "--global-batch-tokens", str(TOKENS),
+def train_args(dtype: str, capacity: int, *extra: str, model: str = MODEL) -> list[str]:
+    return ["--model", model, "--dtype", dtype, "--steps", str(STEPS), "--global-batch-tokens", str(TOKENS),
             "--max-seq-len", str(MAX_LEN), "--capacity", str(capacity), "--lr-schedule", "constant", "--seed", "0",
             "--no-progress", "--timeout", "120", *extra]
 
 
-def runs(nproc: int, work: str) -> dict[str, tuple[int, list[str]]]:
+def runs(nproc: int, work: str, model: str = MODEL) -> dict[str, tuple[int, list[str]]]:
     """Every run: name -> (ranks, hdp train arguments). ``work`` holds their metrics and checkpoints."""
     ring_cap = MAX_LEN // min(nproc, 4)  # a 4,096-token document needs min(N, 4) ranks
+
+    def bf16(*extra: str) -> list[str]:
+        return train_args("bfloat16", ring_cap, *extra, model=model)
+
     out: dict[str, tuple[int, list[str]]] = {
-        "1gpu_float32": (1, train_args("float32", MAX_LEN)),
-        "1gpu_bfloat16": (1, train_args("bfloat16", MAX_LEN)),
-        f"{nproc}gpu_flat": (nproc, train_args("bfloat16", ring_cap, "--ring-algo", "flat")),
-        f"{nproc}gpu_two-level": (nproc, train_args("bfloat16", ring_cap, "--ring-algo", "two-level",
-                                                    "--gpus-per-node", str(min(FAKE_GPUS_PER_NODE, nproc // 2)))),
-        f"{nproc}gpu_bidirectional": (nproc, train_args("bfloat16", ring_cap, "--ring-algo", "bidirectional")),
+        "1gpu_float32": (1, train_args("float32", MAX_LEN, model=model)),
+        "1gpu_bfloat16": (1, train_args("bfloat16", MAX_LEN, model=model)),
+        f"{nproc}gpu_flat": (nproc, bf16("--ring-algo", "flat")),
+        f"{nproc}gpu_two-level": (nproc, bf16("--ring-algo", "two-level", "--gpus-per-node",
+                                              str(min(FAKE_GPUS_PER_NODE, nproc // 2)))),
+        f"{nproc}gpu_bidirectional": (nproc, bf16("--ring-algo", "bidirectional")),
     }
     for name in ("resume_a", "resume_a_again"):
-        out[name] = (nproc, train_args("bfloat16", ring_cap, "--ring-algo", "flat", "--save-dir",
-                                       os.path.join(work, name), "--save-every", "1", "--keep", str(STEPS + 1)))
-    out["resume_b"] = (nproc, train_args("bfloat16", ring_cap, "--ring-algo", "flat", "--resume",
-                                         os.path.join(work, "resume_a", step_dir(2)), "--save-dir",
-                                         os.path.join(work, "resume_b")))
+        out[name] = (nproc, bf16("--ring-algo", "flat", "--save-dir", os.path.join(work, name), "--save-every", "1",
+                                 "--keep", str(STEPS + 1)))
+    out["resume_b"] = (nproc, bf16("--ring-algo", "flat", "--resume", os.path.join(work, "resume_a", step_dir(2)),
+                                   "--save-dir", os.path.join(work, "resume_b")))
     for name, (_, args) in out.items():
         args += ["--metrics", os.path.join(work, f"{name}.jsonl")]
     return out
@@ -189,11 +192,20 @@ def sync_summary(children: dict[str, list[dict]]) -> dict:
     return {"runs": out, "slack": SYNC_SLACK, "ok": ok}
 
 
+def nccl_version(torch: Any) -> str:
+    v = torch.cuda.nccl.version()
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="gpu_check_multi.json", help="the JSON report (default gpu_check_multi.json)")
     ap.add_argument("--nproc", type=int, default=None, help="NCCL ranks, 2..8 (default: min(devices, 8))")
+    ap.add_argument("--cpu-dry", action="store_true",
+                    help="check this script itself without GPUs: 2 CPU (gloo) ranks, tiny model; the numbers mean nothing")
     args = ap.parse_args(argv)
+    if args.cpu_dry:
+        return check(2, args.out, model="tiny", device="cpu (gloo), --cpu-dry", cuda=False)
     try:
         import torch
     except ImportError:
@@ -209,25 +221,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check_multi: error: --nproc {nproc}: choose 2..{min(devices, 8)} (this node has {devices} GPUs)",
               file=sys.stderr)
         return 2
+    return check(nproc, args.out, model=MODEL, device=torch.cuda.get_device_name(0), cuda=True)
+
+
+def check(nproc: int, out: str, *, model: str, device: str, cuda: bool) -> int:
+    """Every run, then the verdicts; returns the exit code (1 when a run or a check failed)."""
+    import torch
+
     gc = _gpu_check()
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(out)
     work = os.path.splitext(out)[0] + "-runs"
     os.makedirs(work, exist_ok=True)
     script = os.path.join(HERE, "gpu_check.py")
-    planned = runs(nproc, work)
+    planned = runs(nproc, work, model)
     sections = [(name, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
                         script, "--train-child", os.path.join(work, f"{name}-rank{{rank}}.json"), *targs],
                  RUN_LIMIT_S, None) for name, (n, targs) in planned.items()]
-    report: dict = {"device": torch.cuda.get_device_name(0), "devices": devices, "nproc": nproc,
-                    "torch": torch.__version__, "cuda": torch.version.cuda, "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-                    "model": MODEL, "steps": {}}
-    report = gc.run_sections(sections, out, report, budget_s=BUDGET_S, say=lambda line: print(line, flush=True))
+    report: dict = {"device": device, "devices": torch.cuda.device_count() if cuda else 0, "nproc": nproc,
+                    "torch": torch.__version__, "cuda": torch.version.cuda, "nccl": nccl_version(torch) if cuda else None,
+                    "model": model, "steps": {}}
+    report = gc.run_sections(sections, out, report, budget_s=BUDGET_S, label="gpu_check_multi",
+                            say=lambda line: print(line, flush=True))
     loss_by_run = {name: losses(os.path.join(work, f"{name}.jsonl")) for name in planned}
     children = {name: [c for r in range(n) if (c := gc.read_json(os.path.join(work, f"{name}-rank{r}.json")))]
                 for name, (n, _) in planned.items()}
     report["losses"] = loss_by_run
     report["exactness"] = exactness(loss_by_run, nproc)
-    report["host_syncs"] = sync_summary(children)
+    report["host_syncs"] = sync_summary(children) if cuda else {"ok": True, "note": "not counted without CUDA"}
     try:
         ck = {name: load_checkpoint(os.path.join(work, name, step_dir(step)))
               for name, step in (("resume_a", STEPS), ("resume_a_again", STEPS), ("resume_b", STEPS))}

@@ -67,13 +67,14 @@ def alive(pid: int) -> bool:
 def test_partial_json_after_every_section_and_a_timed_out_group_is_killed(tmp_path):
     out = tmp_path / "check.json"
     pid_file = tmp_path / "grandchild.pid"
-    # The section starts a grandchild, then hangs; both ignore SIGINT, so only the group's SIGKILL ends them.
+    # The section hangs with two grandchildren: one in its group, one in a session of its own (as
+    # torchrun starts its workers). All ignore SIGINT, so only the SIGKILLs of the tree end them.
     sleepy = textwrap.dedent(f"""
         import signal, subprocess, sys, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        child = subprocess.Popen([sys.executable, "-c",
-            "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)"])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
+        code = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)"
+        kids = [subprocess.Popen([sys.executable, "-c", code], start_new_session=new) for new in (False, True)]
+        open({str(pid_file)!r}, "w").write(" ".join(str(k.pid) for k in kids))
         time.sleep(120)
     """)
     reader = f"import json; r = json.load(open({str(out)!r})); print(sorted(r['steps']), r['steps']['sleepy']['timed_out'])"
@@ -91,11 +92,12 @@ def test_partial_json_after_every_section_and_a_timed_out_group_is_killed(tmp_pa
     assert "['first', 'sleepy'] True" in steps["reader"]["output_tail"]
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report["failed_steps"] == ["sleepy"]
-    grandchild = int(pid_file.read_text())
+    grandchildren = [int(p) for p in pid_file.read_text().split()]
+    assert len(grandchildren) == 2
     deadline = time.time() + 10
-    while alive(grandchild) and time.time() < deadline:
+    while any(map(alive, grandchildren)) and time.time() < deadline:
         time.sleep(0.1)
-    assert not alive(grandchild), "the timed-out section's grandchild outlived it"
+    assert not any(map(alive, grandchildren)), "a timed-out section's grandchild outlived it"
 
 
 def test_pytest_summary_is_kept_on_a_timeout(tmp_path, monkeypatch):

@@ -24,8 +24,9 @@ from torch import nn
 from hdp.runtime.model.decoder import Decoder
 from hdp.runtime.train.inputs import IGNORE
 
-CHUNK_ELEMENTS = 1 << 25
-"""Logit elements per chunk (32M: 128 MiB in float32); rows per chunk = this // vocabulary."""
+CHUNK_ELEMENTS = 1 << 26
+"""Logit elements per chunk (64M: 256 MiB in float32, ~520 tokens at a 128K vocabulary: GEMMs still
+large enough to run near peak); rows per chunk = this // vocabulary."""
 MIN_CHUNKED_ELEMENTS = 1 << 28
 """The train step switches to the chunked loss when T x V reaches this (256M logits: 1 GiB in float32)."""
 
