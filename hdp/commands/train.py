@@ -102,7 +102,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="restart all local ranks from the newest checkpoint in --save-dir after a rank dies "
                         "(default 0: a dead rank ends the run)")
     p.add_argument("--schedule-steps", type=int, default=None, metavar="N",
-                   help="steps the learning-rate schedule spans (default --steps); lets a run stop early and resume exactly")
+                   help="steps the learning-rate schedule spans (default --steps); lets a run stop early and resume "
+                        "exactly, and --steps beyond it train at the schedule's final lr")
+    p.add_argument("--log-every", type=int, default=None, metavar="N",
+                   help="print one plain line every N steps (default: every step when stdout is not a terminal, "
+                        "e.g. a log file; the progress bar on a terminal)")
+    p.add_argument("--override", default="", metavar="WHAT",
+                   help="with --resume, deliberately change the checkpoint's config: lr (--lr, --min-lr), schedule "
+                        "(--schedule-steps/--steps, --warmup-steps, --lr-schedule), or lr,schedule; recorded in the "
+                        "metrics (exactness holds for unchanged runs only)")
+    p.add_argument("--profile", "--cost-model", dest="profile", default=None, metavar="PROFILE",
+                   help="device profile for the planner's cost model and the MFU peak: a shipped name or an "
+                        "'hdp calibrate' JSON file (default: the planner's, and the shipped CPU profile's peak on CPU)")
     add_config_arguments(p)
     with_strategy_table(p)
 
@@ -121,6 +132,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         save_dir=args.save_dir, save_every=args.save_every, keep=args.keep, async_save=args.async_save,
         resume=args.resume, max_restarts=args.max_restarts, schedule_steps=args.schedule_steps,
         run_config=getattr(args, EFFECTIVE_CONFIG, None),
+        log_every=args.log_every, profile=args.profile,
+        overrides=tuple(o.strip() for o in args.override.split(",") if o.strip()),
     )
 
 

@@ -14,6 +14,9 @@ from hdp.plan.types import RING_ALGOS
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 TRAIN_STRATEGIES = tuple(STRATEGIES)  # the planner's table (hdp.plan.strategies)
+OVERRIDES: dict[str, tuple[str, ...]] = {"lr": ("lr", "min_lr"),
+                                         "schedule": ("schedule_steps", "warmup_steps", "lr_schedule")}
+"""``--override`` names and the checkpoint config fields each lets a resumed run change."""
 
 
 def dtype_for_device(device_type: str) -> str:
@@ -109,6 +112,15 @@ class TrainConfig:
     """Times the local launcher restarts all ranks from the newest checkpoint after a rank died."""
     schedule_steps: int | None = None
     """Steps the LR schedule decays over; None: ``steps``. Lets a run stopped early resume exactly."""
+    log_every: int | None = None
+    """Rank 0 prints one plain line every N steps (flushed): always with N given, else every step when
+    stdout is not a terminal (a log file, nohup, SLURM) and the progress bar on a terminal."""
+    profile: str | None = None
+    """Device profile for the planner's cost model and the MFU peak: a shipped name or an ``hdp calibrate``
+    file. None: the planner's default, and on CPU the shipped CPU profile's peak for MFU."""
+    overrides: tuple[str, ...] = ()
+    """Deliberate changes a resumed run may make to the checkpoint's config (``OVERRIDES``): ``lr``
+    (--lr, --min-lr) and ``schedule`` (--schedule-steps / --steps, --warmup-steps, --lr-schedule)."""
     run_config: str | None = field(default=None, compare=False)
     """The command's effective flags as TOML (``hdp train --print-config``), recorded in the metrics file's
     first record and in every checkpoint so the run can be replayed with ``--config``; None: not from the CLI."""
@@ -159,6 +171,12 @@ class TrainConfig:
             raise ValueError("--max-restarts needs --save-dir: restarts resume from its newest checkpoint")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ValueError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
+        if self.log_every is not None and self.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1, got {self.log_every}")
+        unknown = [o for o in self.overrides if o not in OVERRIDES]
+        if unknown:
+            raise ValueError(f"--override {','.join(unknown)}: expected a comma-separated list of "
+                             f"{', '.join(OVERRIDES)}")
 
     @property
     def lr_steps(self) -> int:

@@ -1,5 +1,6 @@
 """Checkpoints: a run's state saved and restored with torch.distributed.checkpoint (``state``), and
-checkpoint directories on disk without torch (``files``: naming, newest, validation, pruning).
+checkpoint directories on disk without torch (``files``: naming, newest, validation, pruning), and what a
+resumed run must share with its checkpoint (``compare``: fingerprints, not spellings; ``--override``).
 
 May import: ``hdp.plan``, ``hdp.runtime.config``, ``hdp.runtime.optim``, torch.
 """

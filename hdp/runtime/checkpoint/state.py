@@ -30,17 +30,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from hdp.runtime.checkpoint import files
+from hdp.runtime.checkpoint.compare import comparable_exact, exact_config
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.optim.zero import ShardedAdamW
 from hdp.runtime.parallel import groups as run_groups
 
 STATES = ("param", "master", "exp_avg", "exp_avg_sq")
-
-
-def exact_config(config: TrainConfig) -> dict[str, Any]:
-    """The config fields that decide a run's losses (``files.EXACT_FIELDS``), as saved in ``hdp.json``."""
-    values = {k: getattr(config, k) for k in files.EXACT_FIELDS if k != "schedule_steps"}
-    return {**values, "schedule_steps": config.lr_steps}
 
 
 def layout_of(optimizer: ShardedAdamW) -> list[list[Any]]:
@@ -60,6 +55,10 @@ class Checkpointer:
         self.group = host if host is not None else dist.new_group(backend="gloo") if config.async_save else None
         self.mesh = init_device_mesh("cpu", (world_size,))
         self._pending: tuple[Future, int] | None = None
+        self.source: str | None = None
+        """The checkpoint this run resumed from (None: a fresh run)."""
+        self.saved: list[str] = []
+        """Checkpoints this run wrote, oldest first (the last may still be in flight with async_save)."""
 
     # -- the tensors DCP sees -----------------------------------------------------------------------
     def _flat(self) -> dict[str, torch.Tensor]:
@@ -94,6 +93,7 @@ class Checkpointer:
         """Checkpoint the state after ``step`` steps into ``step-NNNNNN`` (async: returns once staged)."""
         self.wait()
         final = files.step_dir(self.config.save_dir, step)
+        self.saved.append(final)
         tmp = final + ".tmp"
         if self.rank == 0:
             os.makedirs(self.config.save_dir, exist_ok=True)
@@ -160,7 +160,8 @@ class Checkpointer:
     def _manifest(self, step: int) -> dict[str, Any]:
         return {"format": files.FORMAT, "step": step, "adam_steps": self.optimizer.num_steps,
                 "world_size": self.world_size, "zero": self.optimizer.zero, "numel": self.optimizer.numel,
-                "config": exact_config(self.config), "data": self.data_id, "layout": layout_of(self.optimizer),
+                "config": exact_config(self.config), "save_every": self.config.save_every,
+                "overrides": list(self.config.overrides), "data": self.data_id, "layout": layout_of(self.optimizer),
                 "run_config": self.config.run_config,  # the flags as TOML: hdp train --config replays them
                 "rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
 
@@ -168,7 +169,8 @@ class Checkpointer:
     def restore(self, path: str) -> int:
         """Load checkpoint ``path`` into the optimizer and model; returns the step to continue from."""
         manifest = self._read_manifest(path)
-        files.check_compatible(manifest, exact_config(self.config), layout_of(self.optimizer), self.data_id, path)
+        files.check_compatible(manifest, comparable_exact(self.config, manifest), layout_of(self.optimizer),
+                               self.data_id, path)
         o = self.optimizer
         for name, live in self._flat().items():  # one buffer at a time: the host stages one shard, not four
             self._load_into(name, live, path)
@@ -214,6 +216,7 @@ def open_checkpoint(config: TrainConfig, doc_lengths, optimizer: ShardedAdamW, r
         return None, 0
     ckpt = Checkpointer(config, optimizer, files.data_identity(doc_lengths), rank, world_size)
     start = ckpt.restore(source) if source else 0
+    ckpt.source = source
     if start > config.steps:
         raise ValueError(f"checkpoint {source!r} is of step {start:,}, past --steps {config.steps:,}: "
                          "raise --steps to continue training")

@@ -13,6 +13,11 @@ rank RANK SIGKILLs itself as step STEP begins, once — it first creates the fil
 wall-clock time of the kill) and does nothing if MARKER exists, so the restarted run passes the same
 step; unset, it costs one environment lookup per step.
 
+Both fire once per run: a run restarted after the fault (``--max-restarts``, or torchrun's agent) runs
+without it, so ``HDP_DEBUG_FAULT=kill:1:7 --max-restarts 1`` shows the restart succeeding. The
+launcher drops ``HDP_DEBUG_FAULT`` from the environment of its restarts (``without_fault``); a rank
+of a restarted torchrun attempt (``TORCHELASTIC_RESTART_COUNT`` > 0) ignores it.
+
 ``HDP_DEBUG_FAULT`` is read once at start-up. Unset (the normal case), nothing is installed: the step's
 hot path has no check at all. Each fault prints one ``hdp debug:`` line with a wall-clock time, so
 a test can measure how long the others take to notice.
@@ -44,8 +49,8 @@ class Fault:
     @classmethod
     def from_env(cls) -> "Fault | None":
         spec = os.environ.get(ENV)
-        if not spec:
-            return None
+        if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+            return None  # unset, or this is a restart after the fault fired
         parts = spec.split(":")
         if len(parts) != 3 or parts[0] not in KINDS or not all(p.isdigit() for p in parts[1:]):
             raise ValueError(f"{ENV}={spec!r}: expected KIND:RANK:STEP with KIND one of {', '.join(KINDS)}")
@@ -98,3 +103,10 @@ def maybe_kill(rank: int, step: int) -> None:
     os.write(fd, f"{time.time()}\n".encode())
     os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def without_fault() -> None:
+    """After the first attempt of a run: its restarts run without the injected fault (once per run)."""
+    if os.environ.pop(ENV, None):
+        print(f"hdp debug: the restarts run without {ENV} (an injected fault fires once per run)",
+              file=sys.stderr, flush=True)

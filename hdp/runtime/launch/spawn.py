@@ -75,20 +75,24 @@ def local_accelerators() -> int:
 def launch(config: TrainConfig, nproc: int) -> int:
     """Run training; returns the exit code (0 when every rank succeeded)."""
     from hdp.runtime.train.run import Run
+    from hdp.runtime.launch.restart import resume_defaults
     from hdp.runtime.launch.worker import env_rank, run_rank
 
+    config = resume_defaults(config)  # --resume DIR keeps saving into DIR
     under = env_rank()
     if under is not None:
         rank, world_size, local_rank = under
         # torchrun: each rank picks its device alone, so one without its accelerator is an error, not a
         # CPU fallback that would leave the ranks on different backends (parallel.devices).
         return run_rank(config, rank, world_size, local_rank, use_accelerator=True, torchrun=True)
-    if nproc < 1:
-        raise ValueError(f"nproc (processes to spawn) must be >= 1, got {nproc}")
+    from hdp.runtime.train.limits import check_local_ranks
+
+    use_accelerator = local_accelerators() >= nproc
+    check_local_ranks(nproc, use_accelerator)  # before the planner, which is slow at 100,000 ranks too
     # Cheap checks once, in the parent: one clear line instead of the same error from every rank.
     run = Run.from_config(config, nproc)
     config = run.config  # the derived capacity, decided once for every rank
-    run.check_feasible(nproc)
+    run.check_feasible(nproc, "accelerator" if use_accelerator else None)
     run.offload_layers()
     if config.dump_batches:
         from hdp.data.dump import check_writable
@@ -132,12 +136,38 @@ def spawn(config: TrainConfig, nproc: int) -> int:
         # Survivors notice a dead peer within --timeout; let them say so themselves, within reason.
         return watch(procs, grace_s=min(config.timeout_s + 1.0, MAX_GRACE_S))
     except (KeyboardInterrupt, Stopped) as e:
+        if config.save_dir:  # the ranks save the step they are in, then exit (restart.StopRequest)
+            _let_ranks_save(procs, save_grace_s(config))
         _stop(procs)
         why = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by SIGTERM"
         print(f"hdp train: {why}: stopped all {len(procs)} ranks", file=sys.stderr, flush=True)
         return 130 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def save_grace_s(config: TrainConfig) -> float:
+    """How long ranks asked to stop may take to finish their step and save it: the step in flight and
+    the save can each wait up to --timeout on a peer; at least 30 s (what clusters usually give)."""
+    return max(30.0, 2 * config.timeout_s)
+
+
+def _let_ranks_save(procs: list, grace_s: float) -> None:
+    """SIGTERM every live rank once (each finishes its step and saves, ``StopRequest``) and wait for them,
+    at most ``grace_s``; a second Ctrl-C or SIGTERM stops at once."""
+    live = [p for p in procs if p.exitcode is None]
+    if not live:
+        return
+    print(f"hdp train: saving a checkpoint before stopping (at most {grace_s:g} s; Ctrl-C again to stop now)",
+          file=sys.stderr, flush=True)
+    for p in live:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    try:
+        for p in live:
+            p.join(max(0.0, deadline - time.monotonic()))
+    except (KeyboardInterrupt, Stopped):
+        pass
 
 
 def describe_exit(rank: int, code: int) -> str | None:
@@ -190,8 +220,7 @@ def watch(procs: list, grace_s: float = 3.0, poll_s: float = 0.05) -> int:
                           file=sys.stderr, flush=True)
                 break
             time.sleep(poll_s)
-    except KeyboardInterrupt:
-        _stop(procs)
+    except KeyboardInterrupt:  # the caller stops the ranks (after letting them save, with --save-dir)
         raise
     for p in procs:
         p.join()

@@ -35,13 +35,16 @@ from hdp.runtime.parallel.peers import PeerError, collective, peer_cause
 
 from hdp.runtime.train.step import StepResult, build_optimizer, train_step
 
-from hdp.runtime.observe.report import Reporter, metrics_record, peak_tflops_for
+from hdp.runtime.observe.report import Reporter, metrics_record, mfu_peak
+from hdp.runtime.launch.restart import StopRequest
 from hdp.runtime.train.run import Run
 EXIT_USER_ERROR = 2
 EXIT_PEER_FAILURE = 3
 EXIT_NON_FINITE = 4
 EXIT_INTERRUPTED = 130
-REPORTED_CODES = (EXIT_USER_ERROR, EXIT_PEER_FAILURE, EXIT_NON_FINITE, EXIT_INTERRUPTED)
+EXIT_TERMINATED = 143
+"""SIGTERM (preemption) after the run saved its checkpoint (128 + SIGTERM, as a process killed by it)."""
+REPORTED_CODES = (EXIT_USER_ERROR, EXIT_PEER_FAILURE, EXIT_NON_FINITE, EXIT_INTERRUPTED, EXIT_TERMINATED)
 """Exit codes of a rank that has printed its own one-line reason (the launcher adds nothing)."""
 
 
@@ -150,9 +153,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     allocator_defaults()  # expandable segments, unless the user chose: before anything starts CUDA
     run = Run.from_config(config, world_size)
     config = run.config
-    run.check_feasible(world_size)
     offload_layers = run.offload_layers()
     device = pick_device(local_rank, use_accelerator, strict=torchrun)
+    run.check_feasible(world_size, device)  # memory: this rank's own device
     groups = init_group(rank, world_size, device, config.timeout_s, check_agreement=torchrun and world_size > 1)
     model = build_train_model(config, device)
     fault = Fault.from_env()  # HDP_DEBUG_FAULT (hdp.runtime.launch.faults); None in normal runs
@@ -167,9 +170,15 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     offload = None
     if config.offload or offload_layers:
         offload = ActivationOffloader(device, model.cfg.num_layers, model.parameters())
+    stop = StopRequest()
+    if ckpt is not None and config.save_dir:  # SIGTERM / Ctrl-C: finish the step, save it, then exit
+        stop.install()
     reporter = Reporter(config, enabled=rank == 0, data=run.data, start_step=start_step)
     reporter.devices = _gather_devices(device, world_size)
-    peak = peak_tflops_for(device, run.cost)
+    reporter.ranks_per_node = run.ranks_per_node(world_size)
+    reporter.peak = mfu_peak(device, run.cost, config.profile)
+    peak = reporter.peak[0]
+    reporter.begin(ckpt.source if ckpt is not None else None, start_step, run.cost.device.name)
     dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None
     try:
         for step in range(start_step, config.steps):
@@ -196,6 +205,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             elapsed = step_elapsed(start, device)  # after the device finished the step: honest tokens/s
             record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
                       "lr": lr, **fixed, **step_memory(result, optimizer, device, world_size, step == config.steps - 1)}
+            if config.overrides:  # a deliberate change of the checkpoint's config (--override)
+                record["overrides"] = ",".join(config.overrides)
             if skipped:  # null, not NaN: the metrics file stays strict JSON
                 record.update(skipped=True, **{k: None for k in ("loss", "grad_norm") if not math.isfinite(record[k])})
             reporter.step(record)
@@ -204,8 +215,12 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             after_step(ckpt, config, step + 1)
             if step == start_step:  # warm-up (compiles, first connections) is over: NCCL's watchdog shortens
                 run_groups.end_warmup(groups, config.timeout_s)
+            signum = stop.agreed(world_size) if ckpt is not None and config.save_dir else 0
+            if signum and step + 1 < config.steps:
+                return stop.save_and_stop(ckpt, config, step + 1, rank)
         if ckpt is not None:
             ckpt.wait()
+            reporter.saved = list(ckpt.saved)
     finally:
         reporter.close()
         if dump is not None:

@@ -4,6 +4,9 @@ bar, metrics JSONL, TensorBoard scalars and end-of-run summary."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from typing import Any
 
 import torch
@@ -55,19 +58,58 @@ def mfu_record(model: ModelConfig, plan: Plan, step_time_s: float, peak_tflops: 
             "mfu": mfu(flops, step_time_s, plan.num_ranks, peak_tflops)}
 
 
-def peak_tflops_for(device: torch.device, cost: CostModel) -> float:
-    """The peak MFU is measured against: the run's device profile on an accelerator; on CPU the shipped
-    CPU profile's (its best measured GEMM rate on one thread), since the default profile is an H100's."""
+def peak_tflops_for(device: torch.device, cost: CostModel, profile: str | None = None) -> float:
+    """The peak MFU is measured against (``mfu_peak``'s value)."""
+    return mfu_peak(device, cost, profile)[0]
+
+
+def mfu_peak(device: torch.device, cost: CostModel, profile: str | None = None) -> tuple[float, str]:
+    """(peak TFLOP/s, the profile it is from): ``--profile`` when given (a calibration of this machine is
+    the right one); else on an accelerator the run's cost-model profile, on CPU the shipped CPU profile
+    (its best measured GEMM rate on one thread), since the default profile is an H100's."""
+    if profile is not None:
+        return cost.device.peak_tflops, cost.device.name
     if device.type == "cpu":
-        return load_profile(CPU_PROFILE).peak_tflops
-    return cost.device.peak_tflops
+        cpu = load_profile(CPU_PROFILE)
+        return cpu.peak_tflops, cpu.name
+    return cost.device.peak_tflops, cost.device.name
 
 
-def describe_devices(devices: list[str]) -> str:
-    """``cuda:0, cuda:1 (2 ranks)``, or ``cpu (4 ranks)`` when all ranks share one name."""
+def mfu_text(mfu_value: float, peak: tuple[float, str] | None) -> str:
+    """``12.3%``; above 100% the peak is wrong, and the text says so and what to do."""
+    if mfu_value <= 1.0 or peak is None:
+        return f"{mfu_value:.1%}"
+    return (f"{mfu_value:.1%} (impossible: the peak of profile {peak[1]}, {peak[0]:.3g} TFLOP/s, is below what this "
+            "device does; measure it with 'hdp calibrate' and pass the file with --profile)")
+
+
+def describe_devices(devices: list[str], ranks_per_node: int | None = None) -> str:
+    """``cuda:0, cuda:1 (2 ranks)``, or ``cpu (4 ranks)`` when all ranks share one name; with more than
+    one node, ``cpu (4 ranks: 2 nodes x 2)``."""
     names = devices if len(set(devices)) > 1 else devices[:1]
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    return f"{shown} ({len(devices)} rank{'s' if len(devices) != 1 else ''})"
+    n = len(devices)
+    if ranks_per_node and ranks_per_node < n:
+        nodes = -(-n // ranks_per_node)
+        return f"{shown} ({n} ranks: {nodes} nodes x {ranks_per_node})"
+    return f"{shown} ({n} rank{'s' if n != 1 else ''})"
+
+
+def step_line(record: dict[str, Any], steps: int, elapsed_s: float, peak: tuple[float, str] | None = None) -> str:
+    """One plain line for a log file: ``step 11/40  loss 5.3384  lr 3e-03  1,365 tok/s  0.19 s  ...``."""
+    parts = [f"step {record['step'] + 1}/{steps}", f"loss {_loss(record)}"]
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.3g}")
+    parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+    if "step_time_s" in record:
+        parts.append(f"{record['step_time_s']:.3g} s/step")
+    if "mfu" in record:
+        parts.append(f"MFU {mfu_text(record['mfu'], peak)}")
+    if record.get("skipped"):
+        parts.append("skipped (non-finite)")
+    m, sec = divmod(int(elapsed_s), 60)
+    parts.append(f"elapsed {m // 60}:{m % 60:02d}:{sec:02d}")
+    return "  ".join(parts)
 
 
 class Reporter:
@@ -80,6 +122,17 @@ class Reporter:
         self.config, self.enabled, self.data = config, enabled, data
         self.records: list[dict[str, Any]] = []
         self.devices: list[str] = []
+        self.ranks_per_node: int | None = None
+        self.peak: tuple[float, str] | None = None
+        """(TFLOP/s, profile name) MFU is measured against, for the over-100% warning."""
+        self.saved: list[str] = []
+        """Checkpoints this run wrote (for the summary)."""
+        self._warned_mfu = False
+        self._started = time.monotonic()
+        tty = sys.stdout.isatty()
+        # A log file (nohup, SLURM, `> run.log`) sees nothing of a progress bar until the run ends:
+        # plain flushed lines there, or wherever --log-every asks for them.
+        self._log_every = config.log_every or (None if tty else 1)
         self._file = open(config.metrics, "a" if start_step else "w") if enabled and config.metrics else None  # noqa: SIM115
         self._config = config.run_config
         """The run's flags as TOML, written once into the first record this run writes (key ``config``)."""
@@ -87,13 +140,14 @@ class Reporter:
         if enabled and config.tensorboard:
             from hdp.runtime.observe.tensorboard import TensorBoardLog
 
-            self._tensorboard = TensorBoardLog(config.tensorboard)
+            self._tensorboard = TensorBoardLog(config.tensorboard, start_step)
         self._progress = None
         if enabled and config.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.description}"), TimeElapsedColumn())
+                                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                                      disable=self._log_every is not None)  # lines instead of a bar
             self._task = self._progress.add_task("", total=config.steps, completed=start_step)
             self._progress.start()
 
@@ -111,6 +165,36 @@ class Reporter:
         if self._progress is not None:
             self._progress.update(self._task, advance=1,
                                   description=f"loss {_loss(record)}  {record['tokens_per_s']:,.0f} tok/s")
+        if "mfu" in record and record["mfu"] > 1.0 and not self._warned_mfu:
+            self._warned_mfu = True
+            print(f"hdp train: warning: step {record['step']}: MFU {mfu_text(record['mfu'], self.peak)}",
+                  file=sys.stderr, flush=True)
+        done = record["step"] + 1
+        if (self.config.progress and self._log_every is not None
+                and (done % self._log_every == 0 or done == self.config.steps)):
+            print(step_line(record, self.config.steps, time.monotonic() - self._started, self.peak), flush=True)
+
+    def begin(self, source: str | None, start_step: int, cost_profile: str) -> None:
+        """The run's first lines, before the first step: what a person checks first in a log (where it
+        resumed from, where it saves, on what it runs and against which profile)."""
+        if not self.enabled or not self.config.progress:
+            return
+        for line in self.first_lines(source, start_step, cost_profile):
+            print(f"hdp train: {line}", flush=True)
+
+    def first_lines(self, source: str | None, start_step: int, cost_profile: str) -> list[str]:
+        c = self.config
+        lines = []
+        if source is not None and start_step:
+            lines.append(f"resumed from {source} (step {start_step} of {c.steps})")
+        if c.save_dir:
+            lines.append(f"saving checkpoints to {c.save_dir} "
+                         + (f"every {c.save_every} steps and " if c.save_every else "") + "after the last step")
+        where = describe_devices(self.devices, self.ranks_per_node) if self.devices else "?"
+        peak = f"; MFU against {self.peak[1]} ({self.peak[0]:.3g} TFLOP/s)" if self.peak else ""
+        capacity = f"capacity {c.capacity:,} tokens per rank; " if c.capacity else ""
+        lines.append(f"{where}; {capacity}cost model {cost_profile}{peak}")
+        return lines
 
     def close(self) -> None:
         if self._progress is not None:
@@ -135,12 +219,12 @@ class Reporter:
         t = Table(title=f"hdp train · {self.config.hf_model or self.config.model} · {recs[0]['strategy']}", show_header=False)
         t.add_row("steps", str(len(recs)))
         if self.devices:
-            t.add_row("devices", describe_devices(self.devices))
+            t.add_row("devices", describe_devices(self.devices, self.ranks_per_node))
         t.add_row("loss first → last", f"{_loss(recs[0])} → {_loss(recs[-1])}")
         t.add_row("tokens per step", f"{recs[0]['tokens']:,}")
         t.add_row("tokens/s (after step 0)", f"{tps:,.0f}")
         if "mfu" in recs[0]:
-            t.add_row("MFU (after step 0)", f"{sum(r['mfu'] for r in timed) / len(timed):.1%} "
+            t.add_row("MFU (after step 0)", f"{mfu_text(sum(r['mfu'] for r in timed) / len(timed), self.peak)} "
                                             f"({sum(r['tflops_per_device'] for r in timed) / len(timed):.3g} TFLOP/s per device)")
         t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
         t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
@@ -152,9 +236,26 @@ class Reporter:
                                                f"{last['param_dtype']} params, {last['master_dtype']} optimizer)")
         if self.data is not None:
             t.add_row("data", f"{self.data.where} ({self.data.tokenizer}, {self.data.empty_documents:,} empty skipped)")
-        if self.config.metrics:
-            t.add_row("metrics", self.config.metrics)
+        for name, where in self.outputs():
+            t.add_row(name, where)
         Console().print(t)
+
+    def outputs(self) -> list[tuple[str, str]]:
+        """Where the run's results went, for the summary; a run that keeps no model says how to."""
+        c = self.config
+        rows = []
+        if c.save_dir:
+            rows.append(("checkpoints", f"{c.save_dir} ({', '.join(os.path.basename(p) for p in self.saved)})"
+                         if self.saved else c.save_dir))
+        if c.export_hf:
+            rows.append(("exported model", c.export_hf))
+        if not c.save_dir and not c.export_hf:
+            rows.append(("model", "not kept: add --save-dir DIR (checkpoints) or --export-hf DIR (a Hugging Face "
+                                  "directory) to keep it"))
+        for name, where in (("metrics", c.metrics), ("tensorboard", c.tensorboard), ("batches", c.dump_batches)):
+            if where:
+                rows.append((name, where))
+        return rows
 
 
 def _loss(record: dict[str, Any]) -> str:

@@ -38,12 +38,16 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardLog:
-    """A ``SummaryWriter`` on ``log_dir``; write(record) once per step, close() at the end."""
+    """A ``SummaryWriter`` on ``log_dir``; write(record) once per step, close() at the end.
 
-    def __init__(self, log_dir: str) -> None:
+    ``start_step`` > 0 (a resumed run): TensorBoard's readers drop the events of steps >= start_step
+    written before (``purge_step``: the steps after the checkpoint that the crashed run had logged),
+    so each step shows once, as the trimmed metrics file does."""
+
+    def __init__(self, log_dir: str, start_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=log_dir)
+        self._writer = SummaryWriter(log_dir=log_dir, purge_step=start_step or None)
         self._texts_written = False
 
     def write(self, record: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, replace
-
+from typing import TYPE_CHECKING
 
 from hdp.data.batches import BatchStream
 from hdp.data.load import TrainingData, load_training_data
@@ -21,6 +21,11 @@ from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.model.source import model_shape
 from hdp.runtime.attention.ring.select import with_ring_algo
+from hdp.runtime.train.limits import (RankMemory, accelerator_memory, check_batch, check_extras, check_memory,
+                                     host_memory)
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,13 @@ class Run:
     @classmethod
     def from_config(cls, config: TrainConfig, num_ranks: int | None = None) -> "Run":
         """``capacity=None`` in ``config`` is derived for ``num_ranks`` (``default_capacity``)."""
+        check_extras(config)
         cfg = model_shape(config)
         data = load_training_data(config.data, config.tokenizer, config.text_field)
         check_vocab(data.tokenizer, data.vocab_size, cfg.vocab_size, config.hf_model or config.model)
         stream = BatchStream(data.corpus, config.global_batch_tokens, config.max_seq_len, config.seed)
-        run = cls(config, stream, build_cost_model(cfg, recompute=config.recompute, dtype=config.dtype), data)
+        cost = build_cost_model(cfg, config.profile, recompute=config.recompute, dtype=config.dtype)
+        run = cls(config, stream, cost, data)
         if config.capacity is None:
             if num_ranks is None:
                 raise ValueError("capacity is None: pass num_ranks to derive it")
@@ -93,12 +100,30 @@ class Run:
                 continue
         return self.longest
 
-    def check_feasible(self, num_ranks: int) -> None:
-        """Fail before starting processes if the longest allowed sequence cannot be held by the cluster."""
+    def ranks_per_node(self, num_ranks: int) -> int:
+        """--gpus-per-node, else LOCAL_WORLD_SIZE (torchrun's ranks on this node), else all ranks on one node."""
+        if self.config.gpus_per_node is not None:
+            return self.config.gpus_per_node
+        return int(os.environ.get("LOCAL_WORLD_SIZE", num_ranks))
+
+    def check_feasible(self, num_ranks: int, device: "torch.device | None" = None) -> None:
+        """Fail before starting processes if the longest allowed sequence cannot be held by the cluster.
+
+        Memory is checked against the device that will run it, not the cost model's profile (a CPU box
+        is not an H100): ``device`` None or CPU, this machine's host RAM shared by its CPU ranks; an
+        accelerator, its free memory (each rank checks its own; the launcher passes ``"accelerator"``
+        to leave it to them)."""
         c = self.config
         assert c.capacity is not None
-        # Model states + activations of --capacity tokens on the device the plan is costed for.
-        dataclasses.replace(self.cost, zero=c.zero_for(num_ranks)).check_fits(num_ranks, c.capacity)
+        cost = dataclasses.replace(self.cost, zero=c.zero_for(num_ranks))
+        host = host_memory(min(num_ranks, self.ranks_per_node(num_ranks)))
+        memory: RankMemory | None = host
+        if device is not None and getattr(device, "type", None) != "cpu":
+            memory = None if device == "accelerator" else accelerator_memory(device)
+        pieces = sum(-(-n // c.max_seq_len) for n in self.stream.corpus.doc_lengths)
+        check_batch(c.global_batch_tokens, pieces, self.stream.tokens_per_epoch, host)
+        if memory is not None:
+            check_memory(cost, c.capacity, num_ranks, memory, c.hf_model or c.model)
         what = (f"the longest sequence of a step ({self.longest:,} tokens: documents are cut at max_seq_len "
                 f"{c.max_seq_len:,})")
         needed = ranks_needed(self.longest, c.capacity)
