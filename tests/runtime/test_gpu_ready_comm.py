@@ -473,3 +473,33 @@ def test_stream_ordered_wait_still_names_step_ring_micro_batch_and_peer(capfd):
     err = capfd.readouterr().err
     assert ("hdp train: error: rank 0: step 7: ring 5, micro-batch 2: receive from rank 1 did not complete within "
             "1 s (this rank 0); is that peer alive and running the same plan?") in err, err
+
+
+def _peers_benchmark():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "peers.py")
+    spec = importlib.util.spec_from_file_location("bench_peers", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_peers_per_rank_are_the_ranks_each_ring_algorithm_exchanges_blocks_with():
+    """benchmarks/peers.py (issue 19, item 6) counts the peers the ring code really talks to."""
+    from hdp.runtime.attention.ring.two_level import _Grid
+    from hdp.runtime.attention.ring.flat import RingContext
+
+    bench = _peers_benchmark()
+    assert bench.ring_peers((4, 1, 0), "flat", 2) == {4: {1, 0}, 1: {4, 0}, 0: {1, 4}}
+    assert bench.ring_peers((0, 1), "bidirectional", 8) == {0: {1}, 1: {0}}
+    ranks = (4, 1, 0, 3, 5, 2)  # 3 nodes x 2: the two-level grid of test_ring_algos
+    peers = bench.ring_peers(ranks, "two-level", 2)
+    plan = with_ring_algo(build_plan(6, [40], [[("ring", 0, ranks)]]), "two-level", 2)
+    for rank in ranks:  # the ring code's own inner and outer neighbours
+        grid = _Grid(RingContext(build_layout(plan, rank, 0).rings[0], 0, groups=run_groups.Groups()))
+        assert peers[rank] == {*grid.inner_peers(), *grid.outer_peers()} - {rank}, rank
+    out = bench.main(["--gpus", "64", "--steps", "2", "--tokens", "200000", "--max-len", "65536"])
+    after = out["peers_per_rank_after_steps"]  # keyed by steps (ints here, strings once in JSON)
+    assert after[1]["max"] <= after[2]["max"] and len(out["new_connections_per_step"]) == 2
