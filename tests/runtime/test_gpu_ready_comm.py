@@ -452,7 +452,8 @@ def _late_peer(rank: int, port: int) -> None:
     ring = comm.RingComm(5, 2, prev_rank=1, next_rank=1, timeout_s=1.0)
     ring.send_recv(torch.empty(0), torch.empty(4))
     ring.commit()
-    ring.wait()  # blocks on gloo; the watcher thread ends the process
+    threading.Timer(0.2, lambda: setattr(deadlines, "where", "step 8")).start()  # the host runs on (NCCL)
+    ring.wait()  # blocks on gloo; the watcher thread ends the process, naming the wait's own step
     os._exit(0)
 
 

@@ -135,12 +135,15 @@ class RingComm:
         del buffers  # completed (or, stream-ordered, kept alive by the backend's work): free to reuse
 
     def _late_line(self, works: list[tuple[object, str, int]]):
-        """The one line the deadline watcher says for this batch (built only when it expires)."""
-        rank = dist.get_rank()
+        """The one line the deadline watcher says for this batch (built only when it expires).
+
+        ``where`` is read now: stream-ordered, the host runs on (into later layers, even the next step)
+        while the transfer is still pending.
+        """
+        rank, where = dist.get_rank(), f"{deadlines.where}: " if deadlines.where else ""
 
         def line() -> str:
             ops = " / ".join(f"{what} rank {peer}" if peer >= 0 else what for _, what, peer in works)
-            where = f"{deadlines.where}: " if deadlines.where else ""
             return (f"hdp train: error: rank {rank}: {where}ring {self.ring_id}, micro-batch {self.mb_index}: "
                     f"{ops} did not complete within {self.timeout_s:g} s (this rank {rank}); is that peer alive "
                     "and running the same plan?")
