@@ -5,7 +5,7 @@ checks it), and from ``hdp.plan`` / ``hdp.data``, never from ``hdp.sim`` or the 
 
 ==============  ===============================================================================
 ``config``      ``TrainConfig``: what ``hdp train`` runs (one frozen dataclass, every layer reads it)
-``parallel/``   process-group facts: peer failures as one exception type, the same-plan check
+``parallel/``   process groups made once, devices, ring deadlines, peer failures, the same-plan check
 ``attention/``  the model's one attention call: token layout, exact local kernels, ``ring/`` variants
 ``model/``      the built-in decoder, the Hugging Face adapter and export, which model a run trains
 ``offload/``    selective activation offloading to pinned host memory
