@@ -60,7 +60,15 @@ class CostModel:
         return flops / (self.device.attn_efficiency(doc_len or seq_len) * 1e12)
 
     def linear_layer_time(self, tokens: float) -> float:
-        flops = 3.0 * self.model.linear_flops_per_token_layer * tokens / self.tp
+        m = self.model
+        if m.is_moe:
+            # Each expert multiplies only the tokens routed to it: top_k * tokens / num_experts rows on
+            # average, a smaller (slower per FLOP) GEMM than the attention projections' ``tokens`` rows.
+            expert = 3.0 * m.expert_flops_per_token_layer * tokens / self.tp
+            rows = max(tokens * m.top_k / m.num_experts, 1.0)
+            dense = 3.0 * (m.linear_flops_per_token_layer - m.expert_flops_per_token_layer) * tokens / self.tp
+            return (dense / self.device.gemm_efficiency(max(tokens, 1.0)) + expert / self.device.gemm_efficiency(rows)) / 1e12
+        flops = 3.0 * m.linear_flops_per_token_layer * tokens / self.tp
         return flops / (self.device.gemm_efficiency(max(tokens, 1.0)) * 1e12)
 
     def seq_time(self, length: int, ring_size: int = 1) -> float:

@@ -27,7 +27,7 @@ class StepFlops:
     """Forward+backward FLOPs of one global batch, split by where they are spent."""
 
     linear: float
-    """Every matmul with a weight: attention projections, MLP, and the output head."""
+    """Every matmul with a weight: attention projections, MLP (a token's top_k experts and the router), and the output head."""
     attention: float
     """QK^T and PV over the causal pairs of each document."""
 
@@ -67,9 +67,9 @@ def torchtitan_flops(model: ModelConfig, num_tokens: int, seq_len: int) -> float
 
     ``get_nparams_and_flops``: ``6 * (params - embedding params) + 12 * layers * heads * head_dim *
     seq_len`` per token: full (not causal) attention over the configured length, whatever the
-    documents are.
+    documents are. A mixture of experts counts its active parameters (torchtitan's MoE models do).
     """
-    non_embedding = model.num_params - model.vocab_size * model.hidden_size
+    non_embedding = model.num_active_params - model.vocab_size * model.hidden_size
     per_token = 6.0 * non_embedding + 12.0 * model.num_layers * model.hidden_size * seq_len
     return per_token * num_tokens
 

@@ -8,7 +8,9 @@ Layout (Megatron's distributed optimizer): all parameters live in one flat buffe
 padded to ``Np`` (a multiple of the world size when ``zero >= 1``); rank r owns the slice
 ``[r*S, (r+1)*S)`` with ``S = Np / world_size``.
 
-* parameters, in the compute dtype, full on every rank (the forward needs them): ``Np * e``.
+* parameters, in the compute dtype, full on every rank (the forward needs them): ``Np * e``. A
+  mixture of experts counts every expert (``ModelConfig.num_params``): each is trained, whichever
+  tokens reach it, so each has its gradient and optimizer states.
 * gradients, in the reduction dtype (fp32 for bf16), one full flat buffer: gradients of all of a
   step's micro-batches accumulate there before the one reduce-scatter, so it exists during every
   backward whatever ``zero`` is. ``zero 2`` keeps only the reduced shard (``S``) between steps.
@@ -100,8 +102,14 @@ def layer_activation_bytes_per_token(model: ModelConfig, tp: int = 1) -> float:
     """What one LLaMA layer saves for backward per token (flash attention, no s^2 term).
 
     Inputs of both norms and the residuals (4h), Q/K/V (h + 2 kv), attention output (h), gate, up,
-    SiLU(gate) and their product (4 ffn); bf16, split tp ways.
+    SiLU(gate) and their product (4 ffn); bf16, split tp ways. A mixture-of-experts layer saves, per
+    token, each of its top_k routed copies' expert input (h, gathered) and the four ffn-wide tensors
+    of that expert (split over the TP group's experts, like the dense MLP's columns), plus the
+    router's probabilities (num_experts, on every member of the group).
     """
+    if model.is_moe:
+        routed = model.top_k * (model.hidden_size + 4 * model.ffn_size)
+        return ACT_BYTES * ((6 * model.hidden_size + 2 * model.kv_dim + routed) / tp + model.num_experts)
     return ACT_BYTES * (6 * model.hidden_size + 2 * model.kv_dim + 4 * model.ffn_size) / tp
 
 
