@@ -20,7 +20,7 @@ the chosen candidate (docs/plan-format.md rule 4).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.types import Plan
@@ -33,7 +33,16 @@ BOUNDED = frozenset({"pow2", "static", "hdp-offload", "hdp-naive"})
 SLACK = 1e-9
 """A bound must beat the best plan by more than float rounding to leave a candidate out."""
 
-PlanFn = Callable[[str], Plan]
+class Candidate(Protocol):
+    """A candidate's plan, timed; ``build`` makes the plan (only the winner's is built)."""
+
+    @property
+    def predicted_step_time_s(self) -> float: ...
+
+    def build(self) -> Plan: ...
+
+
+PlanFn = Callable[[str], Candidate]
 SizesFn = Callable[[str], Sequence[int]]
 
 
@@ -56,10 +65,10 @@ def choose(lengths: Sequence[int], num_ranks: int, cost: CostModel, plan_one: Pl
            widen: bool, errors: tuple[type[Exception], ...]) -> Plan:
     """The fastest candidate's plan, renamed ``auto`` and saying why (module docstring).
 
-    ``plan_one(name)`` plans the batch with a named strategy, ``sizes_of(name)`` gives a bounded
+    ``plan_one(name)`` plans the batch with a named strategy (timed, not yet built), ``sizes_of(name)`` gives a bounded
     candidate's ring size per sequence; either raises one of ``errors`` when the candidate cannot
     plan the batch. ``widen``: a topology is known, so ``hdp-wide`` is a candidate."""
-    best: Plan | None = None
+    best: Candidate | None = None
     best_name = ""
     times: dict[str, float] = {}
     bounds: dict[str, float] = {}
@@ -85,9 +94,10 @@ def choose(lengths: Sequence[int], num_ranks: int, cost: CostModel, plan_one: Pl
     if best is None:
         assert first_error is not None
         raise first_error
-    extra = dict(best.extra, chosen=best_name, candidates=times)
+    plan = best.build()
+    extra = dict(plan.extra, chosen=best_name, candidates=times)
     if bounds:
         extra["candidate_bounds"] = bounds
     if skipped:
         extra["candidates_skipped"] = skipped
-    return dataclasses.replace(best, strategy="auto", extra=extra)
+    return dataclasses.replace(plan, strategy="auto", extra=extra)

@@ -67,7 +67,7 @@ def _micro_batch(d: Any, where: str) -> MicroBatch:
     for i, s in enumerate(_list(d, "segments", where)):
         w = f"{where}.segments[{i}]"
         s = _obj(s, w)
-        segments.append(Segment(_int(s, "seq", w), _int(s, "start", w), _int(s, "end", w)))
+        segments.append(Segment.checked(_int(s, "seq", w), _int(s, "start", w), _int(s, "end", w)))
     return MicroBatch(segments=tuple(segments), rings=_ints(d, "rings", where),
                       offload_ratio=_float(d, "offload_ratio", where), token_limit=_int(d, "token_limit", where),
                       offload_layers=_int(d, "offload_layers", where, default=0))

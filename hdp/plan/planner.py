@@ -7,6 +7,7 @@ try other placements call the two steps themselves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from hdp.plan.schedule.balance import plan_balanced, plan_naive
@@ -104,22 +105,50 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
     if s.layout == "auto":
         return _plan_auto(lengths, num_ranks, capacity, cost, s, max_len=max_len, seed=seed, topology=topology)
+    return _pending(lengths, num_ranks, capacity, cost, s, max_len, seed, topology).build()
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A plan scheduled and timed (``Draft.estimate``) but not yet built: a planner comparing
+    candidates builds the segments of the one it keeps only."""
+
+    draft: Draft
+    strategy: Strategy
+    cost: CostModel
+    extra: dict
+    topology: Topology | None
+    timed: tuple[float, float]
+
+    @property
+    def predicted_step_time_s(self) -> float:
+        return self.timed[0]
+
+    def build(self) -> Plan:
+        stages = self.cost.pp if self.cost.pp > 1 else 1
+        return self.draft.finish(self.strategy.name, self.cost, stages=stages, extra=self.extra,
+                                 topology=self.topology, timed=self.timed)
+
+
+def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, s: Strategy,
+             max_len: int | None, seed: int, topology: Topology | None) -> Pending:
+    """A named strategy's plan, not yet built (``make_plan``)."""
     placements = fewest_placements(lengths, num_ranks, capacity, cost, s, topology)
-    plan = plan_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
-                       topology=topology)
+    best = draft_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
+                        topology=topology)
     if topology is None or not s.widen:
-        return plan
+        return best
     # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
     # critical rings (hdp.plan.schedule.critical).
     aligned = round_up(lengths, placements, num_ranks, topology)
     candidates = [] if aligned == placements else [aligned]
     candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
     for wide in candidates:
-        other = plan_placed(lengths, wide, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
-                            topology=topology)
-        if other.predicted_step_time_s < plan.predicted_step_time_s:
-            plan = other
-    return plan
+        other = draft_placed(lengths, wide, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
+                             topology=topology)
+        if other.predicted_step_time_s < best.predicted_step_time_s:
+            best = other
+    return best
 
 
 def fewest_placements(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, s: Strategy,
@@ -140,9 +169,8 @@ def _plan_auto(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
         s = get_strategy(name)
         return s.replace(balance_by=auto.balance_by) if s.layout == "fewest" else s
 
-    def plan_one(name: str) -> Plan:
-        return make_plan(lengths, num_ranks, capacity, cost, named(name), max_len=max_len, seed=seed,
-                         topology=topology)
+    def plan_one(name: str) -> Pending:
+        return _pending(lengths, num_ranks, capacity, cost, named(name), max_len, seed, topology)
 
     def sizes_of(name: str) -> list[int]:
         if name == "static":
@@ -176,7 +204,14 @@ def _too_long(i: int, length: int, need: int, num_ranks: int, capacity: int, str
 def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int, cost: CostModel,
                 strategy: Strategy, max_len: int | None = None, seed: int = 0,
                 topology: Topology | None = None) -> Plan:
-    """Lay placed sequences out on ranks with the strategy's scheduler and finish the plan.
+    """Lay placed sequences out on ranks with the strategy's scheduler and finish the plan."""
+    return draft_placed(lengths, placements, num_ranks, capacity, cost, strategy, max_len, seed, topology).build()
+
+
+def draft_placed(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int, cost: CostModel,
+                 strategy: Strategy, max_len: int | None = None, seed: int = 0,
+                 topology: Topology | None = None) -> Pending:
+    """``plan_placed``, timed but not built.
 
     The plan says ``"fewest_ranks": true`` when every sequence is on its fewest ranks for its
     micro-batch's token limit (docs/plan-format.md rule 4), so the validator checks the rule."""
@@ -205,4 +240,4 @@ def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int,
         extra["offload_ranks_saved"] = base - sum(p.ranks for n, p in zip(lengths, placements) if n > capacity)
     if strategy.layout == "fewest" and all(p.ranks == ranks_needed(n, p.token_limit) for n, p in zip(lengths, placements)):
         extra["fewest_ranks"] = True
-    return draft.finish(strategy.name, cost, stages=cost.pp if pipelines else 1, extra=extra, topology=topology)
+    return Pending(draft, strategy, cost, extra, topology, draft.estimate(cost, cost.pp if pipelines else 1, topology))

@@ -56,9 +56,9 @@ def violations(plan: Plan, limit: int = 20) -> list[str]:
                 elif bad(f"{where} lists unknown ring {g}"):
                     return out
             ring_seqs = {plan.rings[g].seq for g in mb.rings if g in ring_homes}
-            inside = [s for s in mb.segments if 0 <= s.seq < len(lengths) and s.end <= lengths[s.seq]]
+            inside = [s for s in mb.segments if 0 <= s.seq < len(lengths) and 0 <= s.start < s.end <= lengths[s.seq]]
             for s in mb.segments:
-                if not (0 <= s.seq < len(lengths) and s.end <= lengths[s.seq]):
+                if not (0 <= s.seq < len(lengths) and 0 <= s.start < s.end <= lengths[s.seq]):
                     if bad(f"{where}: segment {s} lies outside its sequence"):
                         return out
                     continue

@@ -39,8 +39,14 @@ def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, 
     """``member_segments`` of every position at once: what a plan with thousands of members per
     ring is built from."""
     c, n = _cuts(length, ring_size), 2 * ring_size
-    return [tuple(Segment(seq, a, b) for a, b in ((c[i], c[i + 1]), (c[n - 1 - i], c[n - i])) if b > a)
-            for i in range(ring_size)]
+    out = []
+    for i in range(ring_size):
+        a, b, x, y = c[i], c[i + 1], c[n - 1 - i], c[n - i]
+        if b > a and y > x:
+            out.append((Segment(seq, a, b), Segment(seq, x, y)))
+        else:  # a piece with no tokens has no segment (rule 2)
+            out.append(tuple(Segment(seq, p, q) for p, q in ((a, b), (x, y)) if q > p))
+    return out
 
 
 def member_shares(length: int, ring_size: int) -> list[int]:

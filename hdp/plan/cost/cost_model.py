@@ -9,7 +9,7 @@ micro-batch overhead ``c``. Activations are ``Act(s) = a2*s`` bytes per layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hdp.plan.cost.device import DeviceProfile, load_profile
 from hdp.plan.cost.memory import activation_bytes_per_token, check_options, format_bytes, layer_activation_bytes_per_token, state_bytes
@@ -20,6 +20,8 @@ ATTN_FWD_SHARE = 1.0 / 3.5
 LINEAR_FWD_SHARE = 1.0 / 3.0
 """Matmuls: backward is two matmuls for every forward one."""
 from hdp.plan.cost.memory import ACT_BYTES  # noqa: E402,F401 - saved activations are bf16; kept importable from here
+MEMO_ENTRIES = 2**20
+"""At most this many ``seq_time`` results are kept per cost model (~100 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,9 @@ class CostModel:
     """``full``: every layer recomputes its forward in backward (an extra forward; only layer inputs kept)."""
     dtype: str = "bfloat16"
     """Training dtype: bf16 is mixed precision with fp32 gradients, master weights and moments."""
+    _seq_times: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
+    """``seq_time`` by (length, ring size): the planner asks for the same pairs hundreds of
+    thousands of times at 16K ranks (scheduler weights, estimates, bounds). Pure, so a memo."""
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -77,9 +82,15 @@ class CostModel:
         A ring member holds L/k tokens and does 1/k of the causal attention work (zig-zag), in
         blocks of L/(2k) tokens: the block size sets the attention efficiency.
         """
-        k = ring_size
-        attn = self.attn_layer_time(length, doc_len=length / (2 * k) if k > 1 else length) / k
-        return self.layers * self._recomputed(attn, self.linear_layer_time(length / k))
+        key = (length, ring_size)
+        t = self._seq_times.get(key)
+        if t is None:
+            if len(self._seq_times) >= MEMO_ENTRIES:  # a long training run sees new lengths every step
+                self._seq_times.clear()
+            k = ring_size
+            attn = self.attn_layer_time(length, doc_len=length / (2 * k) if k > 1 else length) / k
+            t = self._seq_times[key] = self.layers * self._recomputed(attn, self.linear_layer_time(length / k))
+        return t
 
     def _recomputed(self, attn: float, linear: float) -> float:
         """fwd+bwd, plus the forward again when every layer is recomputed in backward."""

@@ -41,25 +41,32 @@ def plan_static(draft: Draft, max_len: int) -> int:
     dp = n // cp
     # A micro-batch fits when every member's share stays within C.
     bins: list[tuple[list[int], list[int]]] = []  # (seqs, per-member tokens)
+    totals: list[int] = []  # tokens of each bin (the sum of its per-member tokens)
+    peaks: list[int] = []  # at least its fullest member's tokens
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         share = member_shares(lengths[i], cp) if cp > 1 else [lengths[i]]
         top, total = max(share), sum(share)
-        for seqs, used in bins:
-            if sum(used) + total > cp * cap:
+        for b, (seqs, used) in enumerate(bins):
+            if totals[b] + total > cp * cap:
                 continue
-            if max(used) + top <= cap or all(u + s <= cap for u, s in zip(used, share)):
+            if peaks[b] + top <= cap or all(u + s <= cap for u, s in zip(used, share)):
                 seqs.append(i)
                 for j, s in enumerate(share):
                     used[j] += s
+                totals[b] += total
+                # An upper bound is enough (the exact test below decides when it fails): cheap while it fits.
+                peaks[b] = peaks[b] + top if peaks[b] + top <= cap else max(used)
                 break
         else:
             bins.append(([i], share))
+            totals.append(total)
+            peaks.append(top)
     heap = [(0, g) for g in range(dp)]
     groups: list[list[list[int]]] = [[] for _ in range(dp)]
-    for seqs, used in sorted(bins, key=lambda b: (-sum(b[1]), b[0][0])):
+    for b in sorted(range(len(bins)), key=lambda b: (-totals[b], bins[b][0][0])):
         tokens, g = heapq.heappop(heap)
-        groups[g].append(seqs)
-        heapq.heappush(heap, (tokens + sum(used), g))
+        groups[g].append(bins[b][0])
+        heapq.heappush(heap, (tokens + totals[b], g))
     for g, mbs in enumerate(groups):
         members = list(range(g * cp, (g + 1) * cp))
         for seqs in mbs:

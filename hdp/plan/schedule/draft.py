@@ -1,8 +1,10 @@
 """A plan under construction, and its conversion into the frozen ``Plan``.
 
 Planners decide which sequences (whole, or as ring members) go into which micro-batch of which rank;
-the draft turns those decisions into segments, numbers nothing itself (ring ids are the planner's),
-and asks ``estimate.py`` for the predicted step time and its lower bound.
+the draft turns those decisions into segments, numbers nothing itself (ring ids are the planner's).
+``Draft.estimate`` times it before any segment exists, with the same arithmetic as
+``hdp.plan.estimate.estimate`` on the finished plan (the same floats: tests/plan/test_speed.py), so
+a planner that compares candidates builds only the plan it keeps.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from hdp.plan.cost.cost_model import CostModel
-from hdp.plan.estimate import estimate
+from hdp.plan.estimate import time_bound
+from hdp.plan.replay import replay_rings
 from hdp.plan.schedule.sharding import offload_ratio_of
 from hdp.plan.cost.topology import Topology, ring_algo_for
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
@@ -53,13 +56,59 @@ class Draft:
     def ring_micro_batch(self, rings: list[int], offload_layers: int = 0, token_limit: int = 0) -> DraftMicroBatch:
         return DraftMicroBatch(rings=list(rings), offload_layers=offload_layers, token_limit=token_limit or self.capacity)
 
+    def ring_algos(self, topology: Topology | None) -> list[str]:
+        """The algorithm each ring runs: the one asked for where it applies, else flat (once per
+        member set: a static mesh's rings of one CP group all have the same)."""
+        if topology is None:
+            return ["flat"] * len(self.ring_ranks)
+        memo: dict[tuple[int, ...], str] = {}
+        out = []
+        for m in self.ring_ranks:
+            key = tuple(m)
+            algo = memo.get(key)
+            if algo is None:
+                algo = memo[key] = ring_algo_for(m, topology)
+            out.append(algo)
+        return out
+
+    def estimate(self, cost: CostModel, stages: int = 1, topology: Topology | None = None) -> tuple[float, float]:
+        """(predicted step time, lower bound) of the finished plan (``hdp.plan.estimate.estimate``)."""
+        lengths, sizes = self.lengths, [len(m) for m in self.ring_ranks]
+        exposure = _exposures(self, cost, topology) if topology is not None else None
+        cache: dict[tuple, float] = {}
+        times = []
+        for mbs in self.ranks:
+            ts = []
+            for mb in mbs:
+                key = (tuple(mb.rings), tuple(mb.whole))
+                t = cache.get(key)
+                if t is None:
+                    # micro_batch_time: overhead, rings in order, then whole sequences in order
+                    t = cost.micro_batch_overhead(max((sizes[g] for g in mb.rings), default=1))
+                    for g in mb.rings:
+                        t += cost.seq_time(lengths[self.ring_seq[g]], sizes[g])
+                    for q in mb.whole:
+                        t += cost.seq_time(lengths[q])
+                    if exposure is not None:
+                        t = t + sum(exposure[g] for g in mb.rings)
+                    if mb.rings:
+                        cache[key] = t
+                ts.append(t)
+            times.append(ts)
+        rep = replay_rings([[mb.rings for mb in mbs] for mbs in self.ranks], self.ring_ranks, times)
+        bubble = [(stages - 1) * max(t, default=0.0) for t in times]
+        predicted = max((f + b for f, b in zip(rep.finish, bubble)), default=0.0)
+        return predicted, time_bound(lengths, self.num_ranks, self.capacity, cost, stages)
+
     def finish(self, strategy: str, cost: CostModel, stages: int = 1, extra: dict | None = None,
-               topology: Topology | None = None) -> Plan:
+               topology: Topology | None = None, timed: tuple[float, float] | None = None) -> Plan:
         """The frozen plan; with a ``topology`` every ring records the algorithm it runs (the one
-        asked for where it applies, else flat) and the plan its ``gpus_per_node``."""
-        rings = tuple(Ring(i, s, tuple(m), ring_algo_for(m, topology) if topology else "flat")
-                      for i, (s, m) in enumerate(zip(self.ring_seq, self.ring_ranks)))
-        position = [{r: i for i, r in enumerate(m)} for m in self.ring_ranks]
+        asked for where it applies, else flat) and the plan its ``gpus_per_node``. ``timed``: this
+        draft's ``estimate``, when the planner has it already."""
+        rings = tuple(Ring(i, s, tuple(m), algo)
+                      for i, (s, m, algo) in enumerate(zip(self.ring_seq, self.ring_ranks, self.ring_algos(topology))))
+        by_members: dict[tuple[int, ...], dict[int, int]] = {}
+        position = [by_members.setdefault(tuple(m), {r: i for i, r in enumerate(m)}) for m in self.ring_ranks]
         pieces = [ring_segments(s, self.lengths[s], len(m)) for s, m in zip(self.ring_seq, self.ring_ranks)]
         rank_plans = []
         for rank, mbs in enumerate(self.ranks):
@@ -83,5 +132,22 @@ class Draft:
             gpus_per_node=topology.ranks_per_node if topology else 0,
             extra=dict(extra or {}),
         )
-        predicted, bound = estimate(plan, cost, topology)
+        predicted, bound = timed or self.estimate(cost, stages, topology)
         return dataclasses.replace(plan, predicted_step_time_s=predicted, lower_bound_s=bound)
+
+
+def _exposures(draft: Draft, cost: CostModel, topology: Topology) -> list[float]:
+    """Each ring member's exposed transfers (``hdp.plan.estimate._with_ring_transfers``)."""
+    from hdp.plan.cost.ringcomm import links_of, member_exposure_s
+    from hdp.plan.cost.topology import ring_shape
+
+    links = links_of(topology)
+    shapes: dict[tuple[int, ...], tuple[int, int]] = {}
+    out = []
+    for seq, members, algo in zip(draft.ring_seq, draft.ring_ranks, draft.ring_algos(topology)):
+        key = tuple(members)
+        shape = shapes.get(key)
+        if shape is None:
+            shape = shapes[key] = ring_shape(members, topology.ranks_per_node)
+        out.append(member_exposure_s(cost, draft.lengths[seq], len(members), algo, *shape, links))
+    return out
