@@ -345,6 +345,19 @@ def sim_vs_runtime(data: list) -> str:
             + grid(["strategy", "simulated / measured, mean", "per step", "measured step"], rows))
 
 
+@table("offload_ratios", "python benchmarks/offload.py --cpu --json-out benchmarks/results/offload_cpu.json",
+       "offload_cpu.json")
+def offload_ratios(data: dict) -> str:
+    layers = 30  # llama-7b's 32 layers less the first and the last, which stay resident
+    rows = [[f"{int(t) // 1024}K", f"{r['r_fit']:.3f} ({round(r['r_fit'] * layers)} of {layers} layers)"
+             if r["r_fit"] is not None else "none fits", f"{r['r_hide_max']:.3f}"]
+            for t, r in ((r["planner_tokens"], r) for r in data["planner_ratios"].values())]
+    return (f"Planner ratios for a llama-7b rank (C = {data['capacity_tokens_7b']:,} tokens, derived for 1,024 ranks "
+            "on the H100 profile):\n\n"
+            + grid(["tokens on one rank", "least r whose memory rule fits", "largest r whose copies hide (max_offload_ratio)"],
+                   rows))
+
+
 def files(root: str) -> list[str]:
     docs = os.path.join(root, "docs")
     return ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(docs) if f.endswith(".md"))

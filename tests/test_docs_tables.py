@@ -101,3 +101,14 @@ def test_an_unknown_table_is_one_line_and_exit_2(tmp_path, capsys):
 @pytest.mark.parametrize("values, text", [([1.234, 1.236], "1.23–1.24x"), ([2.0, 2.001], "2.00x")])
 def test_span_is_a_range_unless_the_values_agree(values, text):
     assert report.span(values, unit="x") == text
+
+
+def test_readme_is_a_front_door_starting_with_the_two_commands():
+    """Issue 18: at most 250 lines, and the two commands first (.ci/run runs the second word for word)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 250
+    first = [line.split("#")[0].strip() for line in lines[3:5]]
+    assert first == ["pip install torch==2.13.0 -e . && hdp train", "pip install torch==2.13.0 -e '.[test]' && pytest -q"]
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert first[1] in f.read()
