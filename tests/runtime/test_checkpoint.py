@@ -53,7 +53,8 @@ def test_resume_on_the_same_ranks_is_exact_and_sees_the_same_batches(reference, 
     manifest = json.load(open(files.step_dir(str(save), 2) + "/hdp.json"))
     assert manifest["world_size"] == 3 and manifest["zero"] == 1 and manifest["adam_steps"] == 2
     assert {f"__{r}_0.distcp" for r in range(3)} <= set(manifest["files"])  # one shard file per rank
-    proc, metrics, dump = train(tmp_path, "resumed", "--steps", str(N), "--resume", str(save))
+    proc, metrics, dump = train(tmp_path, "resumed", "--steps", str(N), "--resume", str(save),
+                                "--save-dir", str(tmp_path / "ck"))  # else it saves into the shared `save`
     assert proc.returncode == 0, proc.stderr
     got = read_metrics(metrics)
     assert [r["step"] for r in got] == [2, 3]
@@ -68,6 +69,7 @@ def test_resume_on_the_same_ranks_is_exact_and_sees_the_same_batches(reference, 
 def test_resume_on_another_world_size_gives_the_same_losses(reference, tmp_path, nproc, zero):
     _, ref, _, save = reference
     proc, metrics, _ = train(tmp_path, "other", "--steps", str(N), "--resume", str(save), "--zero", zero,
+                             "--save-dir", str(tmp_path / "ck"),  # else it saves into the shared `save`
                              nproc=nproc)
     assert proc.returncode == 0, proc.stderr
     got = read_metrics(metrics)

@@ -112,7 +112,7 @@ def test_resume_keeps_saving_into_the_resumed_dir_and_accepts_another_spelling_o
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[:3]
     assert first[0] == "hdp train: resumed from ck/step-000002 (step 2 of 4)", first
-    assert first[1] == "hdp train: saving checkpoints to ck every 1 steps and after the last step", first
+    assert first[1] == "hdp train: saving checkpoints to ck every step and after the last step", first
     assert [s for s, _ in files.complete_checkpoints(str(tmp_path / "ck"))] == [3, 4]  # --keep 2
     assert [r["step"] for r in read_jsonl(tmp_path / "m.jsonl")] == [0, 1, 2, 3]
     assert "checkpoints" in proc.stdout and "step-000004" in proc.stdout  # the summary says where
@@ -277,3 +277,14 @@ def test_devices_name_nodes_and_a_plain_run_says_its_model_is_not_kept():
     rows = dict(Reporter(TrainConfig(), enabled=False).outputs())
     assert "--save-dir" in rows["model"] and "--export-hf" in rows["model"]
     assert "model" not in dict(Reporter(TrainConfig(export_hf="out"), enabled=False).outputs())
+
+
+def test_torchrun_across_nodes_plans_by_node_from_local_world_size(monkeypatch):
+    from hdp.runtime.config import TrainConfig
+    from hdp.runtime.launch.spawn import nodes_from_torchrun
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert nodes_from_torchrun(TrainConfig(), 4).gpus_per_node == 2  # before: None, every ring flat
+    assert nodes_from_torchrun(TrainConfig(gpus_per_node=4), 4).gpus_per_node == 4  # the flag wins
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert nodes_from_torchrun(TrainConfig(), 4).gpus_per_node is None  # one node: as before

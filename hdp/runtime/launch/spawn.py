@@ -82,6 +82,7 @@ def launch(config: TrainConfig, nproc: int) -> int:
     under = env_rank()
     if under is not None:
         rank, world_size, local_rank = under
+        config = nodes_from_torchrun(config, world_size)
         # torchrun: each rank picks its device alone, so one without its accelerator is an error, not a
         # CPU fallback that would leave the ranks on different backends (parallel.devices).
         return run_rank(config, rank, world_size, local_rank, use_accelerator=True, torchrun=True)
@@ -116,6 +117,18 @@ def launch(config: TrainConfig, nproc: int) -> int:
             if path and os.path.isfile(path) and os.path.getsize(path) == 0:
                 os.remove(path)
     return code
+
+
+def nodes_from_torchrun(config: TrainConfig, world_size: int) -> TrainConfig:
+    """Under torchrun across nodes, ``--gpus-per-node`` defaults to torchrun's LOCAL_WORLD_SIZE (the ranks
+    of this node), so the planner places rings by node as ``hdp plan --gpus-per-node`` would; on one
+    node (LOCAL_WORLD_SIZE == WORLD_SIZE) nothing changes."""
+    import dataclasses
+
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if config.gpus_per_node is not None or not local.isdigit() or not 0 < int(local) < world_size:
+        return config
+    return dataclasses.replace(config, gpus_per_node=int(local))
 
 
 def spawn(config: TrainConfig, nproc: int) -> int:

@@ -189,7 +189,7 @@ class Reporter:
             lines.append(f"resumed from {source} (step {start_step} of {c.steps})")
         if c.save_dir:
             lines.append(f"saving checkpoints to {c.save_dir} "
-                         + (f"every {c.save_every} steps and " if c.save_every else "") + "after the last step")
+                         + ({None: "", 1: "every step and "}.get(c.save_every, f"every {c.save_every} steps and ")) + "after the last step")
         where = describe_devices(self.devices, self.ranks_per_node) if self.devices else "?"
         peak = f"; MFU against {self.peak[1]} ({self.peak[0]:.3g} TFLOP/s)" if self.peak else ""
         capacity = f"capacity {c.capacity:,} tokens per rank; " if c.capacity else ""
