@@ -106,8 +106,16 @@ def document_block_mask(cu_seqlens: Sequence[int], device: torch.device, block: 
     below = j < i
     full = below & (first_d[None, :] == last_d[:, None]) & (inside_d[:, None] > 0)  # [nb, nb]
     partial = ((i == j) | (below & (last_d[None, :] == first_d[:, None]))) & ~full  # [nb, nb]
-    return BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+    mask = BlockMask.from_kv_blocks(*_ordered(partial), *_ordered(full), BLOCK_SIZE=block, mask_mod=mask_mod,
                                     seq_lengths=(t, t))
+    # The block counts change with every buffer length: dynamic from the first compile, which would
+    # otherwise specialise on them and recompile once (dims of size 1 are specialised whatever we say).
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
+                 "q_indices", "full_q_num_blocks", "full_q_indices"):
+        tensor = getattr(mask, name)
+        for dim in range(2, tensor.dim()):
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+    return mask
 
 
 def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +204,13 @@ def _compiled_flex(backend: Any = "inductor"):
 
 
 def _flex(q, k, v, docs: PackedDocs, scale, backend: Any = "inductor"):
-    out, lse = _compiled_flex(backend)(
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    # return_aux, not the deprecated return_lse: its warn-once state is guarded, and the first call
+    # after the warning recompiled.
+    out, aux = _compiled_flex(backend)(
         q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        block_mask=docs.block_mask_on(q.device), scale=scale, enable_gqa=q.shape[1] != k.shape[1], return_lse=True,
+        block_mask=docs.block_mask_on(q.device), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+        return_aux=AuxRequest(lse=True),
     )
-    return out[0].transpose(0, 1), lse[0].detach().to(acc_dtype(q.dtype))
+    return out[0].transpose(0, 1), aux.lse[0].detach().to(acc_dtype(q.dtype))
