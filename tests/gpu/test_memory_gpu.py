@@ -65,3 +65,23 @@ def test_chunked_loss_matches_full_logits_in_less_memory():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))
     logits_fp32 = T * V * 4
     assert chunked[3] < full[3] - logits_fp32  # the full path holds at least one more [T, V] float32 tensor
+
+
+def test_step_time_includes_the_queued_device_work():
+    """``step_elapsed`` waits for the device: it is at least the kernels' own time by CUDA events."""
+    import time
+
+    from hdp.runtime.launch.accelerator import step_elapsed
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    a = torch.randn(4096, 4096, device=dev)
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start = time.perf_counter()
+    begin.record()
+    for _ in range(50):
+        a = (a @ a).clamp_(-1, 1)  # ~7 TFLOP queued; the host returns long before it is done
+    end.record()
+    elapsed = step_elapsed(start, dev)
+    assert end.query()  # finished when step_elapsed returned
+    assert elapsed >= 0.95 * begin.elapsed_time(end) / 1e3
