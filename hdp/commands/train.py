@@ -101,6 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-restarts", type=int, default=d.max_restarts, metavar="N",
                    help="restart all local ranks from the newest checkpoint in --save-dir after a rank dies "
                         "(default 0: a dead rank ends the run)")
+    p.add_argument("--plan-ahead", type=int, default=d.plan_ahead, metavar="D",
+                   help=f"plan steps s+1..s+D in background processes while step s trains, so a step never waits "
+                        f"for a plan that takes less than D steps (default {d.plan_ahead}; 0: plan each step as it begins)")
     p.add_argument("--schedule-steps", type=int, default=None, metavar="N",
                    help="steps the learning-rate schedule spans (default --steps); lets a run stop early and resume "
                         "exactly, and --steps beyond it train at the schedule's final lr")
@@ -131,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         on_nan=args.on_nan,
         save_dir=args.save_dir, save_every=args.save_every, keep=args.keep, async_save=args.async_save,
         resume=args.resume, max_restarts=args.max_restarts, schedule_steps=args.schedule_steps,
+        plan_ahead=args.plan_ahead,
         run_config=getattr(args, EFFECTIVE_CONFIG, None),
         log_every=args.log_every, profile=args.profile,
         overrides=tuple(o.strip() for o in args.override.split(",") if o.strip()),

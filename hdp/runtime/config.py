@@ -48,7 +48,7 @@ class TrainConfig:
     default 1,024-token documents on 4 ranks, 1,024 on 1 rank)."""
     max_seq_len: int = 1024
     """Documents are cut into pieces of at most this many tokens."""
-    strategy: Literal["hdp", "static", "pow2"] = "hdp"
+    strategy: Literal["auto", "hdp", "static", "pow2"] = "auto"
     seed: int = 0
     """Seeds the data order and the weights."""
     lr: float = 3e-3
@@ -112,6 +112,9 @@ class TrainConfig:
     """Times the local launcher restarts all ranks from the newest checkpoint after a rank died."""
     schedule_steps: int | None = None
     """Steps the LR schedule decays over; None: ``steps``. Lets a run stopped early resume exactly."""
+    plan_ahead: int = 2
+    """Steps planned ahead in background processes while a step trains (``hdp.runtime.train.plan_ahead``);
+    0: each step plans when it begins."""
     log_every: int | None = None
     """Rank 0 prints one plain line every N steps (flushed): always with N given, else every step when
     stdout is not a terminal (a log file, nohup, SLURM) and the progress bar on a terminal."""
@@ -169,6 +172,8 @@ class TrainConfig:
             _check_save_dir(self.save_dir)
         if self.max_restarts and not self.save_dir:
             raise ValueError("--max-restarts needs --save-dir: restarts resume from its newest checkpoint")
+        if self.plan_ahead < 0:
+            raise ValueError(f"--plan-ahead must be >= 0, got {self.plan_ahead}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ValueError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
         if self.log_every is not None and self.log_every < 1:

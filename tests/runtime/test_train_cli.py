@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 METRIC_KEYS = {"step", "loss", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "strategy", "rings", "max_ring",
                "micro_batches_min", "micro_batches_max", "offloaded_bytes", "tflops_per_device", "mfu", "lr", "zero",
                "param_dtype", "master_dtype", "grad_reduce_dtype", "loss_dtype", "recompute", "state_bytes",
-               "peak_memory_bytes", "planned_state_bytes", "rings_by_algo"}
+               "peak_memory_bytes", "planned_state_bytes", "rings_by_algo", "plan_wait_s", "planning_time_s"}
 
 
 def hdp_train(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def test_readme_command_trains_and_writes_the_documented_metrics(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (rec,) = read_metrics(out)
     assert set(rec) == METRIC_KEYS | {"config"}  # a run's first record carries its flags as TOML (docs/config.md)
-    assert rec["strategy"] == "hdp" and rec["tokens"] == 4096 and rec["rings"] >= 1 and rec["max_ring"] >= 2
+    assert rec["strategy"] == "auto" and rec["tokens"] == 4096 and rec["rings"] >= 1 and rec["max_ring"] >= 2
 
 
 @pytest.mark.timeout(120)

@@ -36,6 +36,7 @@ from hdp.runtime.parallel.peers import PeerError, collective, peer_cause
 from hdp.runtime.train.step import StepResult, build_optimizer, train_step
 
 from hdp.runtime.observe.report import Reporter, metrics_record, mfu_peak
+from hdp.runtime.train.plan_ahead import plans_for
 from hdp.runtime.launch.restart import StopRequest
 from hdp.runtime.train.run import Run
 EXIT_USER_ERROR = 2
@@ -180,12 +181,13 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     peak = reporter.peak[0]
     reporter.begin(ckpt.source if ckpt is not None else None, start_step, run.cost.device.name)
     dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None
+    plans = plans_for(lambda step: run.plan(step, world_size), start_step, config.steps, config.plan_ahead)
     try:
         for step in range(start_step, config.steps):
             maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.launch.faults)
             deadlines.where = f"step {step}"  # the ring deadline watcher's prefix (NCCL)
             start = time.perf_counter()
-            plan = run.plan(step, world_size)
+            plan, plan_wait, planning = plans.get(step)  # made ahead (hdp.runtime.train.plan_ahead)
             lr = lr_at(step, lr=config.lr, steps=config.lr_steps, schedule=config.lr_schedule,
                        warmup_steps=config.warmup_steps, min_lr=config.final_lr)
             batch = run.stream.batch(step)
@@ -204,7 +206,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             copied = offload.offloaded_bytes if offload else 0
             elapsed = step_elapsed(start, device)  # after the device finished the step: honest tokens/s
             record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
-                      "lr": lr, **fixed, **step_memory(result, optimizer, device, world_size, step == config.steps - 1)}
+                      "lr": lr, **fixed, **step_memory(result, optimizer, device, world_size, step == config.steps - 1),
+                      "plan_wait_s": plan_wait, "planning_time_s": planning}
             if config.overrides:  # a deliberate change of the checkpoint's config (--override)
                 record["overrides"] = ",".join(config.overrides)
             if skipped:  # null, not NaN: the metrics file stays strict JSON
@@ -222,6 +225,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             ckpt.wait()
             reporter.saved = list(ckpt.saved)
     finally:
+        plans.close()
         reporter.close()
         if dump is not None:
             dump.close()
