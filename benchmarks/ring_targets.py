@@ -14,6 +14,8 @@ a bound for every strategy; the plan's lower bound covers fewest-ranks plans onl
 hdp-wide can fall below it.
 
     PYTHONPATH=. python benchmarks/ring_targets.py [--scale 4096,16384] [--out benchmarks/results/ring_targets.json]
+    PYTHONPATH=. python benchmarks/ring_targets.py --seeds 5 --algos two-level --scale '' \
+        --out benchmarks/results/ring_targets_auto_1024.json   # auto vs pow2/static, min-max over seeds
     PYTHONPATH=. python benchmarks/ring_targets.py --model llama-70b --tp 8 --gpus 8192 --algos two-level \
         --scale '' --out benchmarks/results/ring_targets_70b.json
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 from hdp.data.synthetic import sample_lengths
@@ -38,22 +41,23 @@ def row(table: dict, name: str) -> dict:
     return {k: table[name][k] for k in KEYS} if name in table else {}
 
 
-HDP_ROWS = ("hdp", "hdp-wide")
+HDP_ROWS = ("hdp", "hdp-wide", "auto")
 
 
 def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], tokens_per_1024: int,
-             model: str = "llama-7b", tp: int = 1) -> dict:
+             model: str = "llama-7b", tp: int = 1, seed: int = 0) -> dict:
     """One batch (tokens scale with the HDP ranks, gpus / tp), every strategy with every algorithm."""
     cost = build_cost_model(model, tp=tp)
     cluster = Cluster(gpus, tp)
     capacity = cost.derived_capacity(cluster.num_ranks)
-    lengths = sample_lengths(dist, tokens_per_1024 * cluster.num_ranks // 1024, 2**21, 0)
-    out: dict = {"gpus": gpus, "dist": dist, "capacity": capacity, "tokens": sum(lengths), "by_algo": {}}
+    lengths = sample_lengths(dist, tokens_per_1024 * cluster.num_ranks // 1024, 2**21, seed)
+    out: dict = {"gpus": gpus, "dist": dist, "seed": seed, "capacity": capacity, "tokens": sum(lengths),
+                 "by_algo": {}}
     for algo in algos:
         cell = {}
         for s in strategies:
             t0 = time.perf_counter()
-            sim = simulate([lengths], cluster, cost, capacity, [s], 2**21, 0, ring_algo=algo)
+            sim = simulate([lengths], cluster, cost, capacity, [s], 2**21, seed, ring_algo=algo)
             cell[s] = row(sim.table, s) | {"wall_s": time.perf_counter() - t0}
         out["by_algo"][algo] = cell
     return out
@@ -65,7 +69,7 @@ def report(cell: dict) -> list[str]:
     for algo, c in cell["by_algo"].items():
         for name in HDP_ROWS:
             h = c[name]
-            parts = [f"{cell['gpus']:>6} {cell['dist']:<6} {algo:<13} {name:<8} {h['step_time_s']:7.2f} s "
+            parts = [f"{cell['gpus']:>6} {cell['dist']:<6} s{cell['seed']} {algo:<10} {name:<8} {h['step_time_s']:7.2f} s "
                      f"gap {h['gap_to_lower_bound']:.3f}x, {h['gap_to_area_floor']:.3f}x floor "
                      f"(wall {h['wall_s']:.1f} s)"]
             if c.get("static", {}).get("step_time_s"):
@@ -91,22 +95,48 @@ def main() -> int:
     ap.add_argument("--tp", type=int, default=1, help="GPUs per HDP rank (tokens scale with gpus / tp)")
     ap.add_argument("--gpus", type=int, default=1024, help="the first cells' GPUs (every strategy and algorithm)")
     ap.add_argument("--algos", default=",".join(ALGOS), help="ring algorithms of the first cells")
+    ap.add_argument("--seeds", type=int, default=1, help="batches per cell: seeds 0..N-1 (default 1)")
     ap.add_argument("--out", default="benchmarks/results/ring_targets.json")
     args = ap.parse_args()
     cells = []
-    for dist in args.dists.split(","):
-        cells.append(run_cell(args.gpus, dist, ["static", "pow2", *HDP_ROWS], args.algos.split(","), args.tokens,
-                              args.model, args.tp))
-        print("\n".join(report(cells[-1])), flush=True)
-    for gpus in [int(g) for g in args.scale.split(",") if g]:
+    for seed in range(args.seeds):
         for dist in args.dists.split(","):
-            strategies = (["static"] if args.static_at_scale else []) + ["pow2", *HDP_ROWS]
-            cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens, args.model, args.tp))
+            cells.append(run_cell(args.gpus, dist, ["static", "pow2", *HDP_ROWS], args.algos.split(","), args.tokens,
+                                  args.model, args.tp, seed))
             print("\n".join(report(cells[-1])), flush=True)
+        for gpus in [int(g) for g in args.scale.split(",") if g]:
+            for dist in args.dists.split(","):
+                strategies = (["static"] if args.static_at_scale else []) + ["pow2", *HDP_ROWS]
+                cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens, args.model, args.tp, seed))
+                print("\n".join(report(cells[-1])), flush=True)
+    summary = auto_ranges(cells)
+    print("\n".join(summary["lines"]))
     with open(args.out, "w") as f:
-        json.dump({"model": args.model, "tp": args.tp, "max_len": 2**21, "cells": cells}, f, indent=1)
+        json.dump({"model": args.model, "tp": args.tp, "max_len": 2**21, "seeds": args.seeds, "cells": cells,
+                   "auto_ranges": summary["ranges"]}, f, indent=1)
     print(f"wrote {args.out}")
     return 0
+
+
+def auto_ranges(cells: list[dict]) -> dict:
+    """Per (GPUs, distribution, algorithm): min-max over seeds of auto's simulated speedup over pow2
+    and static with the same ring algorithm, and its geometric mean over pow2."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for cell in cells:
+        for algo, c in cell["by_algo"].items():
+            if "step_time_s" not in c.get("auto", {}):
+                continue
+            g = groups.setdefault(f"{cell['gpus']} {cell['dist']} {algo}", {})
+            for base in ("pow2", "static", "hdp"):
+                if c.get(base, {}).get("step_time_s"):
+                    g.setdefault(base, []).append(c[base]["step_time_s"] / c["auto"]["step_time_s"])
+    lines, ranges = [], {}
+    for key, by in groups.items():
+        ranges[key] = {base: {"min": min(v), "max": max(v), "geomean": math.prod(v) ** (1 / len(v)), "n": len(v)}
+                       for base, v in by.items()}
+        lines.append(f"{key}: auto vs " + ", ".join(
+            f"{b} {r['min']:.3f}-{r['max']:.3f}x (geomean {r['geomean']:.3f}, {r['n']} seeds)" for b, r in ranges[key].items()))
+    return {"lines": lines, "ranges": ranges}
 
 
 if __name__ == "__main__":
