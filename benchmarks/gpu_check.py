@@ -49,6 +49,8 @@ GRACE_S = 10.0
 TRAIN_TOKENS = 32768
 TRAIN_MODEL = "llama-1b"
 TRAIN_STEPS = 4
+SECTION_NAMES = ("train_1gpu", "pytest_gpu", "attention", "ring_kernels", "offload", "memory", "calibrate")
+"""The sections, in the order they run (``sections`` builds them; ``--only`` picks from these)."""
 SYNC_WARNING = "synchronizing CUDA operation"
 """What ``torch.cuda.set_sync_debug_mode("warn")`` says for every operation that waits for the device."""
 
@@ -459,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child:
         write_report(args.memory_child, memory_checks())
         return 0
+    unknown = sorted(set(args.only or ()) - set(SECTION_NAMES))
+    if unknown:  # checked before anything else: a typo is an error on any machine
+        print(f"gpu_check: error: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}",
+              file=sys.stderr)
+        return 2
     try:
         import torch
     except ImportError:
@@ -470,11 +477,6 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     todo = sections(out)
     if args.only:
-        unknown = sorted(set(args.only) - {s[0] for s in todo})
-        if unknown:
-            print(f"gpu_check: error: unknown section(s) {', '.join(unknown)}; choose from "
-                  f"{', '.join(s[0] for s in todo)}", file=sys.stderr)
-            return 2
         todo = [s for s in todo if s[0] in args.only]
     report: dict = {"device": torch.cuda.get_device_name(0), "devices": torch.cuda.device_count(),
                     "torch": torch.__version__, "cuda": torch.version.cuda}

@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-dry", action="store_true",
                     help="check this script itself without GPUs: 2 CPU (gloo) ranks, tiny model; the numbers mean nothing")
     args = ap.parse_args(argv)
+    if args.nproc is not None and not 2 <= args.nproc <= 8:
+        print(f"gpu_check_multi: error: --nproc {args.nproc}: choose 2..8 ranks (one node)", file=sys.stderr)
+        return 2
     if args.cpu_dry:
         return check(2, args.out, model="tiny", device="cpu (gloo), --cpu-dry", cuda=False)
     try:

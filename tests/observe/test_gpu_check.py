@@ -46,6 +46,23 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path, script, line):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("script,flags,line", [
+    ("gpu_check", ["--only", "train_1gpu", "trian"], "gpu_check: error: unknown section(s) trian; choose from "
+                                                    + ", ".join(gpu_check.SECTION_NAMES)),
+    ("gpu_check_multi", ["--nproc", "9"], "gpu_check_multi: error: --nproc 9: choose 2..8 ranks (one node)"),
+])
+def test_bad_flags_are_one_line_and_exit_2_on_any_machine(tmp_path, script, flags, line):
+    proc = subprocess.run([PY, os.path.join(BENCH, f"{script}.py"), *flags], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=60, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr.strip().splitlines()) == (2, "", [line])
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_sections_are_the_named_ones_train_first(tmp_path):
+    assert tuple(s[0] for s in gpu_check.sections(str(tmp_path / "c.json"))) == gpu_check.SECTION_NAMES
+    assert gpu_check.SECTION_NAMES[0] == "train_1gpu"
+
+
 def test_train_summary_skips_the_compiling_step(tmp_path):
     recs = [{"step": i, "loss": 5.0 - i, "tokens_per_s": 10.0 if i == 0 else 100.0 + i, "step_time_s": 1.0,
              "mfu": 0.4, "tflops_per_device": 400.0} for i in range(4)]
