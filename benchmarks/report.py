@@ -198,8 +198,15 @@ def rings(data: dict) -> str:
                              f"{pow2['step_time_s'] / step:.2f}x" if pow2 else "", f"{r['wall_s']:.1f}"])
     head = ["GPUs", "batch", "ring algo", "strategy", "step (s)", "vs LB", "vs area floor", "vs static, same algo",
             "vs flat-ring static", "vs pow2, same algo", "plan+sim (s)"]
-    return (f"{data['model']}, {k(data['max_len'])} max, one batch (seed 0) per cell, 32M tokens per 1,024 GPUs, "
-            "8 GPUs per node; static is left out at scale (its planner is the slow part):\n\n" + grid(head, rows))
+    return (f"{data['model']} (tp {data.get('tp', 1)}), {k(data['max_len'])} max, one batch (seed 0) per cell, "
+            "32M tokens per 1,024 HDP ranks, "
+            "8 GPUs per node" + ("; static is left out at scale (its planner is the slow part)"
+                                 if any("static" not in a for c in data["cells"] for a in c["by_algo"].values()) else "")
+            + ":\n\n" + grid(head, rows))
+
+
+table("rings_70b", "python benchmarks/ring_targets.py --model llama-70b --tp 8 --gpus 8192 --algos two-level --scale '' "
+      "--out benchmarks/results/ring_targets_70b.json", "ring_targets_70b.json")(rings)
 
 
 # ---- planner ------------------------------------------------------------------------------------
