@@ -7,12 +7,13 @@ try other placements call the two steps themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 from hdp.plan.schedule.balance import plan_balanced, plan_naive
 from hdp.plan.schedule.balance_measure import weights_for
-from hdp.plan.auto import choose
+from hdp.plan.auto import SLACK, choose, layout_bound
 from hdp.plan.schedule.baselines import plan_pow2, plan_static, pow2_sizes, static_cp_size
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.schedule.critical import widened_candidates
@@ -130,12 +131,21 @@ class Pending:
                                  topology=self.topology, timed=self.timed)
 
 
+def _same_schedule(a: Strategy, b: Strategy) -> bool:
+    """Whether two strategies place and schedule a batch alike before any widening."""
+    return all(getattr(a, f) == getattr(b, f) for f in ("layout", "schedule", "offload", "offload_cap", "balance_by"))
+
+
 def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, s: Strategy,
-             max_len: int | None, seed: int, topology: Topology | None) -> Pending:
-    """A named strategy's plan, not yet built (``make_plan``)."""
+             max_len: int | None, seed: int, topology: Topology | None, base: Pending | None = None) -> Pending:
+    """A named strategy's plan, not yet built (``make_plan``). ``base``: the same strategy without
+    widening, already planned (``auto`` has ``hdp``'s plan when it widens)."""
     placements = fewest_placements(lengths, num_ranks, capacity, cost, s, topology)
-    best = draft_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
-                        topology=topology)
+    if base is not None and _same_schedule(base.strategy, s):
+        best = dataclasses.replace(base, strategy=s)
+    else:
+        best = draft_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
+                            topology=topology)
     if topology is None or not s.widen:
         return best
     # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
@@ -144,6 +154,9 @@ def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel,
     candidates = [] if aligned == placements else [aligned]
     candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
     for wide in candidates:
+        # A candidate whose bound already exceeds the best cannot replace it: not scheduled at all.
+        if layout_bound(lengths, [p.ranks for p in wide], num_ranks, cost) > best.predicted_step_time_s * (1 + SLACK):
+            continue
         other = draft_placed(lengths, wide, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                              topology=topology)
         if other.predicted_step_time_s < best.predicted_step_time_s:
@@ -169,8 +182,12 @@ def _plan_auto(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
         s = get_strategy(name)
         return s.replace(balance_by=auto.balance_by) if s.layout == "fewest" else s
 
+    done: dict[str, Pending] = {}
+
     def plan_one(name: str) -> Pending:
-        return _pending(lengths, num_ranks, capacity, cost, named(name), max_len, seed, topology)
+        base = done.get("hdp") if name == "hdp-wide" else None  # hdp-wide starts from hdp's plan
+        done[name] = _pending(lengths, num_ranks, capacity, cost, named(name), max_len, seed, topology, base)
+        return done[name]
 
     def sizes_of(name: str) -> list[int]:
         if name == "static":
