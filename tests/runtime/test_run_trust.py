@@ -172,7 +172,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert proc.returncode == 143, err
     (done,) = [s for s, _ in files.complete_checkpoints(str(save))]
     assert 2 <= done < n, err
-    assert f"stopped by SIGTERM after step {done} of {n}" in err
+    assert f"stopped after step {done} of {n}: saved {save}/step-{done:06d}" in err and "stopped by SIGTERM" in err
     resumed = hdp(*TINY, "--steps", str(n), "--no-progress", "--resume", str(save), "--metrics", str(metrics))
     assert resumed.returncode == 0, resumed.stderr
     got = read_jsonl(metrics)
@@ -230,7 +230,11 @@ def no_hf_extra(tmp_path):
 @pytest.mark.parametrize("flag", ["--hf-model", "--export-hf"])
 def test_a_missing_hf_extra_is_one_line_before_any_rank(flag, no_hf_extra, tmp_path):
     # Before: --hf-model was a 22-line traceback, --export-hf failed after the last step (model lost).
-    err, _ = refused("--nproc", "2", "--steps", "1", flag, str(tmp_path / "model"), PREPEND=no_hf_extra)
+    model = tmp_path / "model"
+    if flag == "--hf-model":  # a real model directory: the missing package is the only thing wrong
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    err, _ = refused("--nproc", "2", "--steps", "1", flag, str(model), PREPEND=no_hf_extra)
     assert "the 'hf' extra" in err and "pip install 'hdp[hf]'" in err
 
 

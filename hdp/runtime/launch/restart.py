@@ -107,9 +107,8 @@ class StopRequest:
         if not ckpt.saved or ckpt.saved[-1] != files.step_dir(config.save_dir, done):
             ckpt.save(done)
         ckpt.wait()
-        if rank == 0:
-            why = "stopped by SIGTERM" if self.signum == signal.SIGTERM else "interrupted"
-            print(f"hdp train: {why} after step {done} of {config.steps}: saved {ckpt.saved[-1]}; continue with "
+        if rank == 0:  # the cause is the launcher's line (a spawned rank sees Ctrl-C as its SIGTERM)
+            print(f"hdp train: stopped after step {done} of {config.steps}: saved {ckpt.saved[-1]}; continue with "
                   f"--resume {config.save_dir}", file=sys.stderr, flush=True)
         return 128 + self.signum
 
