@@ -121,7 +121,8 @@ SIM_SEEDS = "python benchmarks/sim_seeds.py"
 def headline(data: dict) -> str:
     seeds = data["seeds"]
     rows = []
-    for strategy in ("static", "pow2", "hdp", "hdp-wide"):
+    two_level = [r for r in data["runs"] if r["ring_algo"] == "two-level"]
+    for strategy in [s for s in ("static", "pow2", "hdp", "hdp-wide", "auto") if s in common_strategies(two_level)]:
         row = [f"`{strategy}`"]
         for dist in ("byted", "github"):
             runs = seed_runs(data, "two-level", dist)
@@ -249,7 +250,8 @@ def plan_quality(data: list) -> str:
 def quickstart(data: dict) -> str:
     rows = []
     for r in data["commands"]:
-        rows.append([f"`{r['command']}`", len(r["wall_s"]), span(r["wall_s"], "{:.0f}", " s"),
+        name = r["command"].split(" (")[0]
+        rows.append([f"`{name}`" if name.startswith("hdp") else name, len(r["wall_s"]), span(r["wall_s"], "{:.0f}", " s"),
                      f"{r['loss_first']:.2f} → {r['loss_last']:.2f}", r["steps"]])
     return (f"Wall time of the README's commands on this project's {data['machine']['cpus']}-core machine "
             f"(shared; load average {span(data['load'], '{:.1f}')}):\n\n"
