@@ -215,12 +215,22 @@ table("rings_70b", "python benchmarks/ring_targets.py --model llama-70b --tp 8 -
 @table("plan_speed", "python benchmarks/plan_speed.py | grep '^{' > benchmarks/results/plan_speed.jsonl",
        "plan_speed.jsonl")
 def plan_speed(data: list) -> str:
+    """Wall time of ``make_plan``; the CPU time too where the benchmark records it (newer plan_speed.py)."""
     names = list(dict.fromkeys(r["strategy"] for r in data))
-    rows = [[f"{ranks:,}"] + [f"{r['planning_time_s']:.2f} s" for n in names for r in data
-                              if r["ranks"] == ranks and r["strategy"] == n]
+    cpu = all("planning_cpu_s" in r for r in data)
+
+    def cell(r: dict) -> str:
+        wall = r.get("planning_wall_s", r.get("planning_time_s"))
+        return f"{wall:.2f} s" + (f" ({r['planning_cpu_s']:.2f} s CPU)" if cpu else "")
+
+    rows = [[f"{ranks:,}"] + [next((cell(r) for r in data if r["ranks"] == ranks and r["strategy"] == n), "–")
+                              for n in names]
             for ranks in dict.fromkeys(r["ranks"] for r in data)]
-    return (f"`make_plan` alone, best of 3, a {data[0]['tokens'] // 2**20}M-token Byted-like batch "
-            f"({data[0]['sequences']:,} sequences, up to 2M), C = 8,192; `hdp-balance` is hdp without offloading:\n\n"
+    capacity = sorted({r["capacity"] for r in data}) if all("capacity" in r for r in data) else None
+    tokens = ", ".join(f"{t // 2**20}M" for t in sorted({r["tokens"] for r in data}))
+    return (f"`make_plan` alone, best of the benchmark's repeats, Byted-like batches of {tokens} tokens up to 2M, "
+            + (f"C = {', '.join(f'{c:,}' for c in capacity)}" if capacity else "C = 8,192")
+            + "; `hdp-balance` is hdp without offloading:\n\n"
             + grid(["ranks"] + [f"`{n}`" for n in names], rows))
 
 
