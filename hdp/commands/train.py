@@ -117,6 +117,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", "--cost-model", dest="profile", default=None, metavar="PROFILE",
                    help="device profile for the planner's cost model and the MFU peak: a shipped name or an "
                         "'hdp calibrate' JSON file (default: the planner's, and the shipped CPU profile's peak on CPU)")
+    dry = p.add_argument_group("dry run (docs/dry-run.md)")
+    dry.add_argument("--dry-run", action="store_true",
+                     help="run one step of every rank's control flow in this process (fake process group, meta "
+                          "tensors), check the collectives and P2P ops as NCCL would match them, print per-rank "
+                          "memory, peers, host syncs and bytes per link; exit 1 on a mismatch. Starts no process")
+    dry.add_argument("--world-size", type=int, default=None, metavar="N",
+                     help="ranks of the dry run (default --ranks)")
+    dry.add_argument("--json", action="store_true", help="with --dry-run: print one JSON object instead of the table")
+    dry.add_argument("--dist", choices=("byted", "github", "uniform"), default="byted",
+                     help="with --dry-run and no --data: the synthetic length distribution (default byted); "
+                          "--global-batch-tokens and --max-len left at their defaults mean 2,097,152 and 262,144 here")
+    dry.add_argument("--dry-run-layers", type=int, default=1, metavar="L",
+                     help="with --dry-run: decoder layers whose attention runs (default 1; the others' ring "
+                          "traffic is the same and is counted, not run)")
     add_config_arguments(p)
     with_strategy_table(p)
 
@@ -141,9 +155,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def dry_run(args: argparse.Namespace) -> int:
+    """``--dry-run``: hdp.runtime.dryrun (one process, no accelerator, no data files unless --data)."""
+    from dataclasses import replace
+
+    from hdp.runtime.dryrun.command import DEFAULT_MAX_LEN, DEFAULT_TOKENS, dry_run as run_dry
+
+    config = config_from_args(args)
+    if args.data is None and args.max_seq_len == DEFAULTS.max_seq_len:
+        config = replace(config, max_seq_len=DEFAULT_MAX_LEN)
+    if args.data is None and args.global_batch_tokens == DEFAULTS.global_batch_tokens:
+        config = replace(config, global_batch_tokens=DEFAULT_TOKENS)
+    if args.dry_run_layers < 1:
+        raise ValueError(f"--dry-run-layers must be >= 1, got {args.dry_run_layers}")
+    try:
+        world = args.world_size if args.world_size is not None else args.nproc
+        return run_dry(config, world, tokens=config.global_batch_tokens, dist_name=args.dist,
+                       layers=args.dry_run_layers, as_json=args.json)
+    except PlanError as e:
+        raise user_error(e, TRAIN_FLAGS) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from hdp.runtime.launch.spawn import launch
 
+    if args.dry_run:
+        return dry_run(args)
     if args.tensorboard:
         from hdp.runtime.observe.tensorboard import check_tensorboard_dir
 

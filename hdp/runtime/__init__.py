@@ -14,6 +14,7 @@ checks it), and from ``hdp.plan`` / ``hdp.data``, never from ``hdp.sim`` or the 
 ``train/``      one rank's inputs for a step, the train step, the rank-independent run (plans, data)
 ``observe/``    metrics records, progress and summary, TensorBoard, memory figures
 ``launch/``     start and watch the ranks, what one rank does for a whole run, restarts, faults
+``dryrun/``     ``hdp train --dry-run``: every rank's step in one process on a fake group, matched as NCCL would
 ==============  ===============================================================================
 
 This package exports nothing itself, so ``import hdp.runtime`` pulls in no torch.
