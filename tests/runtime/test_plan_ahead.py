@@ -83,3 +83,16 @@ def test_planner_processes_die_with_a_killed_rank():
     while not all(gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(gone(p) for p in pids), "a planner outlived its rank"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start", [0, 3, 4])
+def test_a_run_resumed_at_any_step_gets_each_step_s_own_plan(start):
+    """A resume or restart starts at any step (odd ones too): planner j holds start + j, start + j + d, ..."""
+    from hdp.runtime.train.plan_ahead import PlanAhead
+
+    ahead = PlanAhead(lambda step: f"plan of step {step}", start=start, end=start + 5, depth=2)
+    try:
+        assert [ahead.get(step)[0] for step in range(start, start + 5)] == [f"plan of step {s}" for s in range(start, start + 5)]
+    finally:
+        ahead.close()

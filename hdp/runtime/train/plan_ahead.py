@@ -75,7 +75,7 @@ class PlanAhead:
         if depth < 1:
             raise ValueError(f"--plan-ahead must be >= 1 for planner processes, got {depth}")
         ctx = mp.get_context("fork")
-        self.depth = depth
+        self.start, self.depth = start, depth
         self.queues = [ctx.Queue(maxsize=1) for _ in range(depth)]
         self.procs = [ctx.Process(target=_planner, args=(plan_step, range(start + j, end, depth), q, os.getpid()),
                                   name=f"hdp-plan-ahead-{j}", daemon=True)
@@ -85,7 +85,7 @@ class PlanAhead:
 
     def get(self, step: int) -> tuple["Plan", float, float]:
         """(plan, seconds this step waited for it, seconds its planning took)."""
-        j = step % self.depth
+        j = (step - self.start) % self.depth  # planner j plans start + j, start + j + depth, ...
         q, proc = self.queues[j], self.procs[j]
         start = time.perf_counter()
         waited = 0.0  # the plan was ready: handing it over (unpickling) is not waiting for it
