@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hdp.plan.cost.model_config import ModelConfig
+from hdp.runtime.model.moe import Routing, SparseMoE
 
 
 class AttentionFn(Protocol):
@@ -110,7 +111,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = SparseMoE(cfg) if cfg.is_moe else MLP(cfg)  # Mixtral's layer when the config has experts
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Any,
                 attention: AttentionFn) -> torch.Tensor:
@@ -142,6 +143,8 @@ class Decoder(nn.Module):
         """Recompute each layer in backward (torch.utils.checkpoint, non-reentrant): a layer keeps only its input."""
         self.model = Trunk(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.routing: list[Routing] = []
+        """Each MoE layer's routing in the last forward, in layer order (empty for a dense model)."""
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -152,6 +155,10 @@ class Decoder(nn.Module):
         """Logits [T, V]; with ``head=False`` the normed hidden states [T, h] the LM head would take
         (the train step's chunked loss applies ``lm_head.weight`` itself, hdp.runtime.train.loss)."""
         attention = self.attention if self.attention is not None else default_attention()
+        self.routing = []
+        if self.cfg.is_moe:  # a recomputed layer appends again in backward, after the loss has read these
+            for layer in self.model.layers:
+                layer.mlp.routing = self.routing
         x = self.model.embed_tokens(tokens)                                     # [T, h]
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
@@ -202,7 +209,7 @@ def init_weights(model: Decoder, seed: int, chunk: int | None = None) -> None:
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
                 continue
-            scale = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            scale = out_std if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")) else std
             flat = p.view(-1)
             for a, b in _chunks(p.numel(), chunk or INIT_CHUNK):
                 flat[a:b].copy_((torch.randn(b - a, generator=gen, dtype=torch.float64) * scale).to(torch.float32))

@@ -1,7 +1,7 @@
 """``--export-hf DIR``: write the trained model as a Hugging Face directory (config.json + model.safetensors).
 
-The built-in decoder's parameter names and RoPE layout are ``LlamaForCausalLM``'s, so its state dict is
-written as is beside a ``LlamaConfig``; an ``--hf-model`` run saves its own transformers model. Either
+The built-in decoder's parameter names and RoPE layout are ``LlamaForCausalLM``'s (``MixtralForCausalLM``'s
+with experts), so its state dict is written as is beside a ``LlamaConfig`` (a ``MixtralConfig``); an ``--hf-model`` run saves its own transformers model. Either
 way ``AutoModelForCausalLM.from_pretrained(DIR)`` loads it. The directory appears whole or not at all:
 everything is written to a temporary sibling that is renamed at the end.
 """
@@ -33,6 +33,26 @@ def llama_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32, max_posit
         max_position_embeddings=max(max_positions, 1), dtype=DTYPE_NAMES.get(dtype, "float32"),
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
+
+
+def mixtral_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32, max_positions: int = 4096):
+    """The ``MixtralConfig`` of the built-in decoder ``cfg`` with experts (no sliding window, no router jitter)."""
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, hidden_act="silu",
+        num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0,
+        sliding_window=None, tie_word_embeddings=False, output_router_logits=False,
+        max_position_embeddings=max(max_positions, 1), dtype=DTYPE_NAMES.get(dtype, "float32"),
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+
+
+def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32, max_positions: int = 4096):
+    """The transformers config of the built-in decoder: Mixtral's with experts, Llama's without."""
+    return (mixtral_config if cfg.is_moe else llama_config)(cfg, dtype, max_positions)
 
 
 def check_export_dir(path: str) -> None:
@@ -99,6 +119,6 @@ def _save_decoder(model: nn.Module, out: Path, max_positions: int) -> None:
 
     params = dict(model.state_dict())
     dtype = next(iter(params.values())).dtype
-    llama_config(model.cfg, dtype, max_positions).save_pretrained(out)
+    hf_config(model.cfg, dtype, max_positions).save_pretrained(out)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in params.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
