@@ -57,9 +57,8 @@ def test_every_rank_matches_and_completes(exact) -> None:
 
 @pytest.mark.timeout(120)
 def test_templated_rings_give_the_same_traffic_as_running_every_ring(exact) -> None:
-    templated = record_step(CONFIG, exact.plan, SyntheticBatch(exact.plan.lengths if hasattr(exact.plan, "lengths")
-                                                                else [s.length for s in exact.plan.sequences]),
-                            WORLD, templated=True)
+    templated = record_step(CONFIG, exact.plan, SyntheticBatch([s.length for s in exact.plan.sequences]), WORLD,
+                            templated=True)
     assert any(op.kind == "phase" for ops in templated.ops for op in ops)
     assert match(templated.ops, WORLD).matched
     assert check_templates(templated.templates).matched
@@ -140,3 +139,19 @@ def test_cli_json_and_bad_input() -> None:
 def test_dry_run_refuses_a_world_of_no_ranks() -> None:
     with pytest.raises(ValueError, match="--world-size"):
         dry_run(CONFIG, 0)
+
+
+@pytest.mark.timeout(120)
+def test_a_ring_shape_whose_protocol_is_wrong_is_named(exact) -> None:
+    """Template mode checks each ring shape op by op: a receive sized by the wrong member's tokens is caught
+    even where both members happen to hold the same number of tokens."""
+    templated = record_step(CONFIG, exact.plan, SyntheticBatch([s.length for s in exact.plan.sequences]), WORLD,
+                            templated=True)
+    (shape, position, direction), ops = next((k, v) for k, v in templated.templates.ops.items()
+                                             if any(t.kind == "recv" for t in v))
+    recv = next(t for t in ops if t.kind == "recv")
+    recv.member = (recv.member + 1) % shape.size
+    result = check_templates(templated.templates)
+    assert not result.matched
+    assert any(f"position {position}" in e and "sizes differ" in e and f"ring shape {shape.algo} x{shape.size}" in e
+               for e in result.errors), result.errors
