@@ -125,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dry.add_argument("--world-size", type=int, default=None, metavar="N",
                      help="ranks of the dry run (default --ranks)")
     dry.add_argument("--json", action="store_true", help="with --dry-run: print one JSON object instead of the table")
-    dry.add_argument("--dist", choices=("byted", "github", "uniform"), default="byted",
+    dry.add_argument("--dist", choices=("byted", "github", "uniform"), default=None,
                      help="with --dry-run and no --data: the synthetic length distribution (default byted); "
                           "--global-batch-tokens and --max-len left at their defaults mean 2,097,152 and 262,144 here")
     dry.add_argument("--dry-run-layers", type=int, default=1, metavar="L",
@@ -170,7 +170,7 @@ def dry_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--dry-run-layers must be >= 1, got {args.dry_run_layers}")
     try:
         world = args.world_size if args.world_size is not None else args.nproc
-        return run_dry(config, world, tokens=config.global_batch_tokens, dist_name=args.dist,
+        return run_dry(config, world, tokens=config.global_batch_tokens, dist_name=args.dist or "byted",
                        layers=args.dry_run_layers, as_json=args.json)
     except PlanError as e:
         raise user_error(e, TRAIN_FLAGS) from None

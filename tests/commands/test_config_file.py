@@ -145,7 +145,7 @@ def test_plan_from_a_config_file_is_the_plan_from_flags(tmp_path, capsys):
     assert json.loads(a)["fingerprint"] == json.loads(b)["fingerprint"]
 
 
-TIMED = {"step_time_s", "tokens_per_s", "tflops_per_device", "mfu", "peak_memory_bytes", "config"}
+TIMED = {"step_time_s", "tokens_per_s", "planning_time_s", "plan_wait_s", "tflops_per_device", "mfu", "peak_memory_bytes", "config"}
 """Record keys that depend on the clock or the allocator (and the config, compared on its own)."""
 
 

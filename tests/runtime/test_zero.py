@@ -3,8 +3,8 @@
 One process group per world size (3 and 4) runs every zero stage for two steps, so the rings of 3
 and 4, the uneven micro-batch counts and the idle rank are all exercised with few processes. The
 reference is independent of hdp's optimizer: torch.optim.AdamW, torch's clip_grad_norm_, dense
-attention, whole sequences. Every step also counts the collectives: one reduce-scatter, one
-all-gather and one scalar all-reduce, whatever the number of micro-batches of the rank.
+attention, whole sequences. Every step also counts the collectives: the plan check's all-reduce, one
+reduce-scatter, one all-gather and one scalar all-reduce, whatever the number of micro-batches of the rank.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def steps_for(world: int) -> list[tuple]:
 class Counter:
     """Counts collective calls (wraps torch.distributed's functions in this process)."""
 
-    NAMES = ("reduce_scatter_single", "all_gather_single", "all_reduce")
+    NAMES = ("reduce_scatter_single", "all_gather_single", "all_reduce", "all_gather")
 
     def __init__(self) -> None:
         self.counts = dict.fromkeys(self.NAMES, 0)
@@ -118,8 +118,11 @@ def check_against_reference(results: list[dict], ref: list[dict], world: int) ->
                 for name, value in want["params"].items():
                     torch.testing.assert_close(got["params"][name], value, rtol=1e-9, atol=1e-13,
                                                msg=lambda m: f"{where} param {name}: {m}")
-                expected = ({"reduce_scatter_single": 0, "all_gather_single": 0, "all_reduce": 2} if zero == 0 else
-                            {"reduce_scatter_single": 1, "all_gather_single": 1, "all_reduce": 1})
+                # The plan check is one MAX all-reduce (O(1), no all_gather unless plans differ); then the
+                # gradients (all-reduce, or reduce-scatter + all-gather) and one scalar all-reduce.
+                expected = ({"reduce_scatter_single": 0, "all_gather_single": 0, "all_reduce": 3, "all_gather": 0}
+                            if zero == 0 else
+                            {"reduce_scatter_single": 1, "all_gather_single": 1, "all_reduce": 2, "all_gather": 0})
                 assert got["collectives"] == expected, where
 
 

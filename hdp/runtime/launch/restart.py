@@ -90,16 +90,22 @@ class StopRequest:
 
     def agreed(self, world_size: int) -> int:
         """The signal any rank got (0: none), the same on every rank: one tiny all-reduce per step, so the
-        ranks that saw the signal a moment apart still stop after the same step."""
+        ranks that saw the signal a moment apart still stop after the same step. It runs on the host
+        (gloo) group with a CPU tensor, so it never waits for the device's queue to drain."""
         if world_size == 1:
             return self.signum
         import torch
         import torch.distributed as dist
 
-        backend = dist.get_backend()
-        device = torch.device("cpu") if backend == "gloo" else torch.accelerator.current_accelerator()
+        from hdp.runtime.parallel import groups
+
+        host = groups.current().host
+        if host is None and dist.get_backend() != "gloo":
+            device = torch.accelerator.current_accelerator()
+        else:
+            device = torch.device("cpu")
         flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host)
         return int(flag.item())
 
     def save_and_stop(self, ckpt, config: TrainConfig, done: int, rank: int) -> int:

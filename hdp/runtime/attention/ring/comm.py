@@ -126,7 +126,7 @@ class RingComm:
             raise RingCommError(f"ring {self.ring_id}: wait without commit")
         works, self._works = self._works, None
         buffers, self._buffers = self._buffers, []
-        if self.timeout_s is not None and stream_ordered(self.group):
+        if works and self.timeout_s is not None and stream_ordered(self.group):  # nothing posted: no group to ask
             # Before waiting: on a backend whose wait blocks after all (a test's gloo), the watcher still fires.
             deadlines.deadlines().watch([w for w, _, _ in works], self.timeout_s, self._late_line(works))
             self._wait_all(works, None)
