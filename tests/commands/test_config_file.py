@@ -7,19 +7,11 @@ import argparse
 
 import pytest
 
-from hdp.cli import command_parser, main
+from tests.run_cli import run_main
+from hdp.cli import command_parser
 from hdp.commands.config_file import EFFECTIVE_CONFIG, parse_command
 
 CONFIG_DESTS = ("config", "print_config", EFFECTIVE_CONFIG)
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def parse(command: str, *argv: str) -> argparse.Namespace:

@@ -8,7 +8,8 @@ from collections import defaultdict
 
 import pytest
 
-from hdp.cli import COMMANDS, command_parser, main, top_parser
+from tests.run_cli import run_main
+from hdp.cli import COMMANDS, command_parser, top_parser
 from hdp.commands.config_file import documented_name, parse_command
 
 
@@ -34,15 +35,6 @@ def flags_by_spelling() -> dict[str, dict[str, argparse.Action]]:
                 if s.startswith("--") and a.dest not in ("help", "version"):
                     out[s][prog] = a
     return out
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_a_spelling_is_the_same_flag_with_the_same_aliases_in_every_command():

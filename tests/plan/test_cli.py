@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.run_cli import run_main
+
 from hdp.plan import Plan
 from hdp.plan.validate import check_plan
 
@@ -16,16 +18,7 @@ def hdp(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hdp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
-def main_(capsys, *argv: str) -> tuple[int, str, str]:
-    """``hdp`` in this process (no interpreter start-up): exit code, stdout, stderr."""
-    from hdp.cli import main
-
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+main_ = run_main  # ``hdp`` in this process: exit code, stdout, stderr
 
 
 def test_plan_json_and_file(tmp_path):
