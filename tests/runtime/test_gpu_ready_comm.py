@@ -101,7 +101,6 @@ def test_timeouts_per_backend_and_the_flight_recorder_defaults():
     env = {"TORCH_NCCL_TRACE_BUFFER_SIZE": "50"}
     assert run_groups.nccl_environment(env) == {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
     assert env == {"TORCH_NCCL_TRACE_BUFFER_SIZE": "50", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}  # the user's kept
-    assert run_groups.Groups(backend="nccl").stream_ordered and not run_groups.Groups(backend="gloo").stream_ordered
 
 
 def test_warm_up_ends_by_shortening_only_the_nccl_groups(monkeypatch):

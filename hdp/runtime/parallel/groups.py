@@ -44,11 +44,6 @@ class Groups:
     host: dist.ProcessGroup | None = None
     backend: str = "gloo"
 
-    @property
-    def stream_ordered(self) -> bool:
-        """True where ``Work.wait()`` makes the current stream wait instead of the host (NCCL)."""
-        return self.backend == "nccl"
-
 
 _installed: Groups | None = None
 
