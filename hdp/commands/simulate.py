@@ -4,8 +4,11 @@ cluster (discrete-event model of ``hdp.sim``). No torch."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import time
+from typing import Callable, Iterator
 
 from hdp.commands.config_file import add_config_arguments
 from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp, add_ranks,
@@ -14,6 +17,7 @@ from hdp.commands.plan import add_workload_arguments, check_tokens
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, PlanError, build_cost_model
 from hdp.plan.cost.model_config import get_model
+from hdp.progress import Progress, elapsed
 from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
 from hdp.sim.compare import simulate
 from hdp.sim.report import format_table
@@ -48,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_memory_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr (default: a bar on a terminal, else one line per strategy and step)")
     add_config_arguments(p)
     with_strategy_table(p)
 
@@ -110,8 +116,11 @@ def run(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies)
     cluster, cost, capacity = build(args)
     batches, max_len = load_batches(args)
-    sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed, ring_algo=args.ring_algo,
-                   flat_static="static" in strategies)
+    flat_static = "static" in strategies
+    cells = len(batches) * (len(strategies) + (flat_static and args.ring_algo != "flat"))
+    with _progress(cells, len(batches), args.quiet) as on_plan:
+        sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed, on_plan=on_plan,
+                       ring_algo=args.ring_algo, flat_static=flat_static)
     notes = {name: user_error(e, SIMULATE_FLAGS).args[0] for name, e in sim.skipped.items()}
     if not sim.table:
         raise ValueError("no strategy can plan this batch: " + "; ".join(f"{n}: {m}" for n, m in notes.items()))
@@ -146,6 +155,27 @@ def run(args: argparse.Namespace) -> int:
         for p in plots:
             print(f"wrote {p}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress(cells: int, steps: int, quiet: bool) -> Iterator[Callable[[str, int], None] | None]:
+    """``simulate``'s ``on_plan``: each (strategy, step) cell planned and timed advances the progress on
+    stderr (hdp.progress: a bar on a terminal, else a flushed line), so stdout and --json stay the
+    command's output alone. A skipped strategy's cells never finish; the table says why."""
+    if quiet:
+        yield None
+        return
+    start = time.monotonic()
+    done = 0
+    with Progress("simulate", cells, stream=sys.stderr, transient=True) as bar:
+        def on_plan(name: str, step: int) -> None:
+            nonlocal done
+            done += 1
+            bar.update(done, f"{name} step {step + 1}/{steps}",
+                       lambda: f"hdp simulate: {name} step {step + 1}/{steps} planned and simulated "
+                               f"({done}/{cells}, elapsed {elapsed(time.monotonic() - start)})")
+
+        yield on_plan
 
 
 def _plots(sim, directory: str, title: str) -> list[str]:

@@ -17,6 +17,7 @@ from hdp.plan.cost.device import load_profile
 from hdp.plan.cost.flops import batch_flops, mfu, tflops_per_device
 from hdp.plan.cost.model_config import ModelConfig
 from hdp.plan.types import Plan
+from hdp.progress import Progress, elapsed
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.attention.ring.select import rings_by_algo
 from hdp.runtime.train.step import StepResult
@@ -107,8 +108,7 @@ def step_line(record: dict[str, Any], steps: int, elapsed_s: float, peak: tuple[
         parts.append(f"MFU {mfu_text(record['mfu'], peak)}")
     if record.get("skipped"):
         parts.append("skipped (non-finite)")
-    m, sec = divmod(int(elapsed_s), 60)
-    parts.append(f"elapsed {m // 60}:{m % 60:02d}:{sec:02d}")
+    parts.append(f"elapsed {elapsed(elapsed_s)}")
     return "  ".join(parts)
 
 
@@ -129,10 +129,6 @@ class Reporter:
         """Checkpoints this run wrote (for the summary)."""
         self._warned_mfu = False
         self._started = time.monotonic()
-        tty = sys.stdout.isatty()
-        # A log file (nohup, SLURM, `> run.log`) sees nothing of a progress bar until the run ends:
-        # plain flushed lines there, or wherever --log-every asks for them.
-        self._log_every = config.log_every or (None if tty else 1)
         self._file = open(config.metrics, "a" if start_step else "w") if enabled and config.metrics else None  # noqa: SIM115
         self._config = config.run_config
         """The run's flags as TOML, written once into the first record this run writes (key ``config``)."""
@@ -141,15 +137,10 @@ class Reporter:
             from hdp.runtime.observe.tensorboard import TensorBoardLog
 
             self._tensorboard = TensorBoardLog(config.tensorboard, start_step)
-        self._progress = None
-        if enabled and config.progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                                      disable=self._log_every is not None)  # lines instead of a bar
-            self._task = self._progress.add_task("", total=config.steps, completed=start_step)
-            self._progress.start()
+        # A bar on a terminal; in a log file (nohup, SLURM, `> run.log`) plain flushed lines, one per step
+        # or every --log-every (hdp.progress, shared with hdp simulate).
+        self._progress = Progress("train", config.steps, stream=sys.stdout, every=config.log_every,
+                                  start=start_step) if enabled and config.progress else None
 
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -163,16 +154,13 @@ class Reporter:
         if self._tensorboard is not None:
             self._tensorboard.write(record)
         if self._progress is not None:
-            self._progress.update(self._task, advance=1,
-                                  description=f"loss {_loss(record)}  {record['tokens_per_s']:,.0f} tok/s")
+            self._progress.update(record["step"] + 1, f"loss {_loss(record)}  {record['tokens_per_s']:,.0f} tok/s",
+                                  lambda: step_line(record, self.config.steps, time.monotonic() - self._started,
+                                                    self.peak))
         if "mfu" in record and record["mfu"] > 1.0 and not self._warned_mfu:
             self._warned_mfu = True
             print(f"hdp train: warning: step {record['step']}: MFU {mfu_text(record['mfu'], self.peak)}",
                   file=sys.stderr, flush=True)
-        done = record["step"] + 1
-        if (self.config.progress and self._log_every is not None
-                and (done % self._log_every == 0 or done == self.config.steps)):
-            print(step_line(record, self.config.steps, time.monotonic() - self._started, self.peak), flush=True)
 
     def begin(self, source: str | None, start_step: int, cost_profile: str) -> None:
         """The run's first lines, before the first step: what a person checks first in a log (where it
@@ -198,7 +186,7 @@ class Reporter:
 
     def close(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.close()
             self._progress = None
         if self._file:
             self._file.close()
