@@ -8,8 +8,10 @@ try other placements call the two steps themselves.
 from __future__ import annotations
 
 import dataclasses
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from hdp.plan.schedule.balance import plan_balanced, plan_naive
 from hdp.plan.schedule.balance_measure import weights_for
@@ -104,9 +106,26 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
     if max_len is not None and longest > max_len:
         i = lengths.index(longest)
         raise PlanError(f"sequence {i} has {longest:,} tokens, more than {{max_len}} {max_len:,}: raise {{max_len}}")
-    if s.layout == "auto":
-        return _plan_auto(lengths, num_ranks, capacity, cost, s, max_len=max_len, seed=seed, topology=topology)
-    return _pending(lengths, num_ranks, capacity, cost, s, max_len, seed, topology).build()
+    with _no_cycle_collection():
+        if s.layout == "auto":
+            return _plan_auto(lengths, num_ranks, capacity, cost, s, max_len=max_len, seed=seed, topology=topology)
+        return _pending(lengths, num_ranks, capacity, cost, s, max_len, seed, topology).build()
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused while a plan is built.
+
+    A plan at 16,384 ranks is millions of small objects (segments, jobs, micro-batches) made in one
+    go; each full collection walks all of them, which cost a third of static's and auto's planning
+    time (benchmarks/plan_speed.py). Nothing is freed late for good: the collector runs again after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
