@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Mapping
 
-from hdp.plan.cost.model_config import DEFAULT_MODEL, PRESETS
+from hdp.plan.cost.model_config import DEFAULT_MODEL, PRESETS, ModelConfig, get_model
 from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import strategy_table
 
@@ -55,6 +55,21 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "for; hdp train defaults to tiny, which trains on a CPU)")
     p.add_argument("--profile", "--cost-model", dest="profile", metavar="PROFILE", default=None,
                    help="device profile: a shipped name or a JSON file (default: the shipped H100 SXM 80GB calibration)")
+
+
+def add_hf_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hf-model", default=None, metavar="DIR",
+                   help="the shape of this local Hugging Face causal LM (its config.json) instead of --model, as "
+                        "hdp train --hf-model trains it")
+
+
+def model_from_args(args: argparse.Namespace) -> ModelConfig:
+    """``--hf-model``'s shape from its config.json (json only: no torch, no transformers), else ``--model``."""
+    if getattr(args, "hf_model", None) is not None:
+        from hdp.plan.cost.hf_config import load_hf_shape
+
+        return load_hf_shape(args.hf_model)
+    return get_model(args.model)
 
 
 def add_memory_arguments(p: argparse.ArgumentParser) -> None:

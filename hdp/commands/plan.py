@@ -10,11 +10,12 @@ import tempfile
 import time
 
 from hdp.commands.config_file import add_config_arguments
-from hdp.commands.flags import (PLAN_FLAGS, add_global_batch_tokens, add_max_len, add_memory_arguments,
+from hdp.commands.flags import (PLAN_FLAGS, add_global_batch_tokens, add_hf_model, add_max_len, add_memory_arguments,
                                 add_model_arguments, add_pp, add_ranks, add_topology_arguments, check_memory_arguments,
-                                user_error, with_strategy_table)
+                                model_from_args, user_error, with_strategy_table)
 from hdp.data.synthetic import DISTRIBUTIONS, read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, Plan, PlanError, build_cost_model, get_strategy, make_plan
+from hdp.plan.cost.model_config import ModelConfig
 from hdp.plan.planner import check_batch_tokens
 
 
@@ -23,6 +24,14 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--lengths", metavar="FILE", help="one sequence length per line (# comments allowed)")
     src.add_argument("--dist", choices=DISTRIBUTIONS, default=None, help="synthetic distribution (default byted)")
+    src.add_argument("--data", default=None, metavar="PATH",
+                     help="the global batches hdp train --data PATH would train on (any source it takes: JSONL, "
+                          "Parquet, text, a store from 'hdp data prepare'); give hdp train's --global-batch-tokens, "
+                          "--max-len, --seed and --tokenizer to plan its batches")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="with --data: a tokenizer.json or local Hugging Face tokenizer directory (default: byte-level)")
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="with --data: field holding the text in JSONL/Parquet/datasets inputs (default text)")
     add_global_batch_tokens(p, "tokens of one synthetic global batch (default 32M, a production step; hdp train's "
                                "4,096 fits a CPU run)", default=32 * 2**20, dest="tokens")
     add_max_len(p, "maximum context length: longest synthetic sequence, and what a static mesh is sized for "
@@ -31,13 +40,40 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def load_workload(args: argparse.Namespace) -> tuple[list[int], int | None]:
-    """(lengths, max_len) from ``--lengths`` or a synthetic distribution."""
+def load_workload(args: argparse.Namespace, model: ModelConfig | None = None) -> tuple[list[int], int | None]:
+    """(lengths, max_len) from ``--lengths``, ``--data`` (batch ``--step``) or a synthetic distribution."""
     if args.lengths:
         return read_lengths(args.lengths), args.max_len
+    if args.data:
+        batches, max_len = data_batches(args, [args.step], model)
+        return batches[0], max_len
     check_tokens(args.tokens)
     max_len = args.max_len if args.max_len is not None else 2**21
     return sample_lengths(args.dist or "byted", args.tokens, max_len, args.seed), max_len
+
+
+def data_batches(args: argparse.Namespace, steps: list[int], model: ModelConfig | None) -> tuple[list[list[int]], int]:
+    """The lengths of ``steps`` of ``hdp train --data``: its loader and ``BatchStream`` (seeded by
+    ``--seed``, documents cut at ``--max-len``), so a plan here is the plan train makes; ``model``'s
+    embedding rows must hold the tokenizer's ids, as train checks."""
+    from hdp.data.batches import BatchStream
+    from hdp.data.load import load_training_data
+    from hdp.data.tokenizer import check_vocab
+
+    check_tokens(args.tokens)
+    if min(steps) < 0:
+        raise ValueError(f"--step must be >= 0, got {min(steps)}")
+    max_len = args.max_len if args.max_len is not None else 2**21
+    data = load_training_data(args.data, args.tokenizer, args.text_field)
+    if model is not None:
+        check_vocab(data.tokenizer, data.vocab_size, model.vocab_size, args.hf_model or args.model)
+    stream = BatchStream(data.corpus, args.tokens, max_len, args.seed)
+    return [stream.batch(s).lengths for s in steps], max_len
+
+
+def check_tokenizer_flags(args: argparse.Namespace) -> None:
+    if not args.data and (args.tokenizer is not None or args.text_field != "text"):
+        raise ValueError("--tokenizer and --text-field read --data: give --data PATH")
 
 
 def check_tokens(tokens: int) -> None:
@@ -50,6 +86,9 @@ def check_tokens(tokens: int) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     add_model_arguments(p)
+    add_hf_model(p)
+    p.add_argument("--step", type=int, default=0, metavar="S",
+                   help="with --data: plan the batch of step S (default 0, the first)")
     add_ranks(p, "HDP ranks (default 1024, a production cluster; hdp train spawns 4 local processes)", default=1024)
     p.add_argument("--capacity", type=int, default=None,
                    help="tokens per rank per micro-batch (default: derived from device memory and the model)")
@@ -166,8 +205,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--balance dp contradicts --pp > 1: drop --balance (pipelines are balanced when --pp > 1)")
     strategy = get_strategy(args.strategy, offload=args.offload).replace(balance_by=args.balance_by)
     check_memory_arguments(args)
-    lengths, max_len = load_workload(args)
-    cost = build_cost_model(args.model, args.profile, pp=args.pp, zero=args.zero, recompute=args.recompute)
+    check_tokenizer_flags(args)
+    model = model_from_args(args)
+    lengths, max_len = load_workload(args, model)
+    cost = build_cost_model(model, args.profile, pp=args.pp, zero=args.zero, recompute=args.recompute)
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)

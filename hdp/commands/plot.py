@@ -1,6 +1,6 @@
 """``hdp plot``: a PNG of a length distribution, a plan, or a training run's metrics. No torch.
 
-    hdp plot --lengths FILE --out lengths.png
+    hdp plot --lengths FILE --out lengths.png  (FILE: one length per line, or a store from hdp data prepare)
     hdp plot PLAN.json --out plan.png          (a hdp.plan/1 file from hdp plan --out)
     hdp plot METRICS.jsonl --out run.png       (from hdp train --metrics)
 """
@@ -18,7 +18,9 @@ from hdp.commands.plan import add_model_arguments
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="?", metavar="PLAN_OR_METRICS",
                    help="a hdp.plan/1 JSON file (hdp plan --out) or a metrics JSONL file (hdp train --metrics)")
-    p.add_argument("--lengths", metavar="FILE", help="draw this length distribution (one length per line)")
+    p.add_argument("--lengths", metavar="FILE",
+                   help="draw this length distribution: a file of one length per line, or a token store directory "
+                        "(hdp data prepare: its documents' lengths)")
     p.add_argument("--out", metavar="PNG", required=True, help="the picture to write (PNG, 1200 x 700)")
     p.add_argument("--title", default=None, help="title (default: the input's file name)")
     add_model_arguments(p)  # a plan is replayed under the cost model it was made with
@@ -55,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
     source = args.lengths or args.input
     title = args.title or os.path.basename(source)
     if args.lengths:
-        from hdp.data.synthetic import read_lengths
-        from hdp.plot.lengths import draw_lengths, lengths_data
+        from hdp.plot.lengths import draw_lengths, lengths_data, read_lengths_source
 
-        draw_lengths(lengths_data(read_lengths(args.lengths)), args.out, title)
+        draw_lengths(lengths_data(read_lengths_source(args.lengths)), args.out, title)
     else:
         text = _read(args.input)
         if kind_of(text) == "plan":

@@ -11,12 +11,12 @@ import time
 from typing import Callable, Iterator
 
 from hdp.commands.config_file import add_config_arguments
-from hdp.commands.flags import (SIMULATE_FLAGS, add_memory_arguments, add_model_arguments, add_pp, add_ranks,
-                                add_topology_arguments, user_error, with_strategy_table)
-from hdp.commands.plan import add_workload_arguments, check_tokens
+from hdp.commands.flags import (SIMULATE_FLAGS, add_hf_model, add_memory_arguments, add_model_arguments, add_pp,
+                                add_ranks, add_topology_arguments, model_from_args, user_error, with_strategy_table)
+from hdp.commands.plan import add_workload_arguments, check_tokenizer_flags, check_tokens, data_batches
 from hdp.data.synthetic import read_lengths, sample_lengths
 from hdp.plan import STRATEGIES, PlanError, build_cost_model
-from hdp.plan.cost.model_config import get_model
+from hdp.plan.cost.model_config import ModelConfig
 from hdp.progress import Progress, elapsed
 from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
 from hdp.sim.compare import simulate
@@ -26,6 +26,7 @@ from hdp.sim.report import format_table
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     add_model_arguments(p)
+    add_hf_model(p)
     p.add_argument("--steps", type=int, default=1,
                    help="global batches to simulate; step i uses seed+i (default 1, one step times a strategy; "
                         "hdp train's 20 show a loss going down)")
@@ -70,13 +71,16 @@ def parse_strategies(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_batches(args: argparse.Namespace) -> tuple[list[list[int]], int | None]:
-    """One batch per step: a lengths file repeats; a synthetic batch is redrawn with seed + step."""
+def load_batches(args: argparse.Namespace, model: ModelConfig | None = None) -> tuple[list[list[int]], int | None]:
+    """One batch per step: a lengths file repeats; ``--data`` gives hdp train's steps 0..--steps-1; a
+    synthetic batch is redrawn with seed + step."""
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.lengths:
         lengths = read_lengths(args.lengths)
         return [lengths] * args.steps, args.max_len
+    if args.data:
+        return data_batches(args, list(range(args.steps)), model)
     check_tokens(args.tokens)
     max_len = args.max_len if args.max_len is not None else 2**21
     dist = args.dist or "byted"
@@ -84,7 +88,8 @@ def load_batches(args: argparse.Namespace) -> tuple[list[list[int]], int | None]
 
 
 def build(args: argparse.Namespace):
-    model = get_model(args.model)
+    check_tokenizer_flags(args)
+    model = model_from_args(args)
     if args.pp > model.num_layers:
         raise ValueError(f"--pp {args.pp} exceeds {model.name}'s {model.num_layers} layers")
     if args.tp >= 1 and (model.num_heads % args.tp or model.num_kv_heads % args.tp and args.tp % model.num_kv_heads):
@@ -115,7 +120,7 @@ def build(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies)
     cluster, cost, capacity = build(args)
-    batches, max_len = load_batches(args)
+    batches, max_len = load_batches(args, cost.model)
     flat_static = "static" in strategies
     cells = len(batches) * (len(strategies) + (flat_static and args.ring_algo != "flat"))
     with _progress(cells, len(batches), args.quiet) as on_plan:

@@ -14,6 +14,7 @@ plain transformers.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,11 +106,29 @@ def _from_tokenizer_json(path: str, file: str) -> HFTokenizer:
     try:
         backend = RustTokenizer.from_file(file)
     except Exception as e:  # noqa: BLE001 - the library raises plain Exception on a bad file
-        raise ValueError(f"cannot load tokenizer {file!r}: {str(e).splitlines()[0][:200]}") from None
+        raise ValueError(_not_a_tokenizer(file) or f"cannot load tokenizer {file!r}: {str(e).splitlines()[0][:200]}"
+                         ) from None
     # to_str() is the canonical serialisation: model, normaliser, pre-tokeniser, post-processor, added tokens.
     digest = hashlib.sha256(backend.to_str().encode()).hexdigest()
     return HFTokenizer(path, os.path.basename(os.path.normpath(path)), backend.get_vocab_size(with_added_tokens=True),
                        f"sha256:{digest}", backend)
+
+
+def _not_a_tokenizer(file: str) -> str | None:
+    """Why ``file`` is not a tokenizer.json at all (not JSON, or JSON without a tokenizer's ``model``,
+    e.g. a model's config.json), naming what was expected; None when it looks like one (the library's
+    own message then says what is wrong inside)."""
+    expected = "give a tokenizer.json or a directory holding one (a local Hugging Face tokenizer)"
+    try:
+        with open(file, "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"--tokenizer {file!r} is not a tokenizer.json (not JSON): {expected}"
+    if isinstance(doc, dict) and isinstance(doc.get("model"), dict):
+        return None
+    what = "a model's config.json" if isinstance(doc, dict) and ("model_type" in doc or "architectures" in doc) else \
+        "JSON without a tokenizer's 'model'"
+    return f"--tokenizer {file!r} is {what}, not a tokenizer.json: {expected}"
 
 
 def _from_auto_tokenizer(path: str) -> HFTokenizer:

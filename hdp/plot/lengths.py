@@ -22,6 +22,26 @@ class LengthsPicture:
     total_tokens: int
 
 
+def read_lengths_source(path: str) -> list[int]:
+    """The lengths ``hdp plot --lengths`` draws: a lengths file (one per line), or a token store's
+    document lengths (a directory from ``hdp data prepare``; its index, no token is read)."""
+    import os
+
+    from hdp.data.store import MANIFEST, Store, is_store
+    from hdp.data.synthetic import read_lengths
+
+    if os.path.isdir(path):
+        if not is_store(path):
+            raise ValueError(f"--lengths {path!r} is a directory but not a token store (no {MANIFEST} from "
+                             "'hdp data prepare'): give a lengths file (one length per line) or a store")
+        return list(Store.open(path).corpus().doc_lengths)
+    try:
+        return read_lengths(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"--lengths {path!r} is not a text file: give a lengths file (one length per line) or a "
+                         "token store directory") from None
+
+
 def lengths_data(lengths: Sequence[int]) -> LengthsPicture:
     if not lengths:
         raise ValueError("the lengths file has no lengths; write one positive integer per line")

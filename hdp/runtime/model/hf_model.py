@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hdp.plan.cost.hf_config import hf_model_shape
 from hdp.plan.cost.model_config import ModelConfig
 from hdp.runtime.model.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, register
 from hdp.runtime.model.decoder import LayerContext
@@ -89,14 +90,9 @@ def check_supported(config: Any, max_seq_len: int, path: str = "the model") -> N
 
 
 def model_shape(config: Any, name: str) -> ModelConfig:
-    """The planner's view of the model (cost model, capacity): its widths and counts."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    # ModelConfig derives head_dim from the width; where the model decouples them (Qwen3) keep the heads'.
-    hidden = config.hidden_size if config.hidden_size == heads * head_dim else heads * head_dim
-    return ModelConfig(name, hidden_size=hidden, num_layers=config.num_hidden_layers, num_heads=heads,
-                       num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-                       ffn_size=config.intermediate_size, vocab_size=config.vocab_size)
+    """The planner's view of the model (cost model, capacity): the one ``hdp plan --hf-model`` reads
+    from config.json without transformers (``hdp.plan.cost.hf_config``)."""
+    return hf_model_shape(config, name)
 
 
 class HFCausalLM(nn.Module):
