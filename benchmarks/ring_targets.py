@@ -18,6 +18,11 @@ hdp-wide can fall below it.
         --out benchmarks/results/ring_targets_auto_1024.json   # auto vs pow2/static, min-max over seeds
     PYTHONPATH=. python benchmarks/ring_targets.py --model llama-70b --tp 8 --gpus 8192 --algos two-level \
         --scale '' --out benchmarks/results/ring_targets_70b.json
+    PYTHONPATH=. python benchmarks/ring_targets.py --seeds 5 --algos two-level --scale 4096 --jitter 0.1 \
+        --noise-seeds 3 --out benchmarks/results/ring_targets_jitter.json   # every kernel noisy (hdp.sim.noise)
+
+With ``--jitter J`` every plan is timed under ``--noise-seeds`` seeds of kernel noise and each row's
+``step_time_s`` is the mean over them (``step_time_worst_s`` the worst); the plans are the same.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hdp.data.synthetic import sample_lengths
 from hdp.plan import build_cost_model
 from hdp.sim.cluster import Cluster
 from hdp.sim.compare import simulate
+from hdp.sim.noise import Noise
 
 ALGOS = ["flat", "two-level", "bidirectional"]
 KEYS = ("step_time_s", "lower_bound_s", "gap_to_lower_bound", "area_floor_s", "gap_to_area_floor", "exposed_comm_s",
@@ -45,7 +51,8 @@ HDP_ROWS = ("hdp", "hdp-wide", "auto")
 
 
 def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], tokens_per_1024: int,
-             model: str = "llama-7b", tp: int = 1, seed: int = 0) -> dict:
+             model: str = "llama-7b", tp: int = 1, seed: int = 0, noise: Noise | None = None,
+             noise_seeds: int = 1) -> dict:
     """One batch (tokens scale with the HDP ranks, gpus / tp), every strategy with every algorithm."""
     cost = build_cost_model(model, tp=tp)
     cluster = Cluster(gpus, tp)
@@ -57,8 +64,10 @@ def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], toke
         cell = {}
         for s in strategies:
             t0 = time.perf_counter()
-            sim = simulate([lengths], cluster, cost, capacity, [s], 2**21, seed, ring_algo=algo)
-            cell[s] = row(sim.table, s) | {"wall_s": time.perf_counter() - t0}
+            sim = simulate([lengths], cluster, cost, capacity, [s], 2**21, seed, ring_algo=algo, noise=noise,
+                           noise_seeds=noise_seeds)
+            extra = {"step_time_worst_s": sim.table[s]["step_time_worst_s"]} if noise and s in sim.table else {}
+            cell[s] = row(sim.table, s) | extra | {"wall_s": time.perf_counter() - t0}
         out["by_algo"][algo] = cell
     return out
 
@@ -96,23 +105,29 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=1024, help="the first cells' GPUs (every strategy and algorithm)")
     ap.add_argument("--algos", default=",".join(ALGOS), help="ring algorithms of the first cells")
     ap.add_argument("--seeds", type=int, default=1, help="batches per cell: seeds 0..N-1 (default 1)")
+    ap.add_argument("--jitter", type=float, default=0.0, help="lognormal kernel noise sigma (default 0, none)")
+    ap.add_argument("--noise-seeds", type=int, default=3, help="noise seeds per plan with --jitter (default 3)")
     ap.add_argument("--out", default="benchmarks/results/ring_targets.json")
     args = ap.parse_args()
+    noise = Noise(args.jitter) if args.jitter > 0 else None
+    timing = {"noise": noise, "noise_seeds": args.noise_seeds}
     cells = []
     for seed in range(args.seeds):
         for dist in args.dists.split(","):
             cells.append(run_cell(args.gpus, dist, ["static", "pow2", *HDP_ROWS], args.algos.split(","), args.tokens,
-                                  args.model, args.tp, seed))
+                                  args.model, args.tp, seed, **timing))
             print("\n".join(report(cells[-1])), flush=True)
         for gpus in [int(g) for g in args.scale.split(",") if g]:
             for dist in args.dists.split(","):
                 strategies = (["static"] if args.static_at_scale else []) + ["pow2", *HDP_ROWS]
-                cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens, args.model, args.tp, seed))
+                cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens, args.model, args.tp, seed,
+                                      **timing))
                 print("\n".join(report(cells[-1])), flush=True)
     summary = auto_ranges(cells)
     print("\n".join(summary["lines"]))
     with open(args.out, "w") as f:
-        json.dump({"model": args.model, "tp": args.tp, "max_len": 2**21, "seeds": args.seeds, "cells": cells,
+        extra = {"jitter": args.jitter, "noise_seeds": args.noise_seeds} if noise else {}
+        json.dump({"model": args.model, "tp": args.tp, "max_len": 2**21, "seeds": args.seeds, **extra, "cells": cells,
                    "auto_ranges": summary["ranges"]}, f, indent=1)
     print(f"wrote {args.out}")
     return 0

@@ -12,7 +12,8 @@ from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import Strategy, get_strategy
 from hdp.sim.cluster import Cluster
 from hdp.sim.report import add_speedups, summarise
-from hdp.sim.training_step import StepResult, simulate_step
+from hdp.sim.noise import Noise
+from hdp.sim.training_step import StepResult, clean_times, simulate_step
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Simulation:
 def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capacity: int,
              strategies: Sequence[str | Strategy], max_len: int | None, seed: int = 0,
              on_plan: Callable[[str, int], None] | None = None, ring_algo: str | None = None,
-             flat_static: bool = False) -> Simulation:
+             flat_static: bool = False, noise: Noise | None = None, noise_seeds: int = 1) -> Simulation:
     """Plan every batch with every strategy (``hdp.plan.strategies``) and time the plans.
 
     A strategy that cannot hold some batch on this cluster (a static mesh with no divisor large
@@ -41,7 +42,15 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
     ``ring_algo`` (flat, two-level, bidirectional) plans every strategy, baselines included, node-aware
     with that ring algorithm (``hdp.plan.cost.topology``); None plans as before (flat rings, no
     topology). ``flat_static`` also plans the static mesh with flat rings (``Simulation.static_flat``),
-    so every row gives its speedup over static with the same algorithm and over a flat-ring static."""
+    so every row gives its speedup over static with the same algorithm and over a flat-ring static.
+
+    ``noise`` (when active) times every plan ``noise_seeds`` times, noise seeds ``noise.seed ..
+    noise.seed + noise_seeds - 1``: the table's figures are means over steps and noise seeds, with
+    ``step_time_mean_s`` / ``step_time_worst_s`` the mean and worst over noise seeds of the mean step.
+    Without active noise every seed would give the same numbers: the plans are timed once."""
+    if noise_seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {noise_seeds}")
+    seeds = noise_seeds if noise is not None and noise.active else 1
     if cost.tp != cluster.tp or cost.pp != cluster.pp:
         raise ValueError("the cost model and the cluster disagree on tp/pp")
     start = time.perf_counter()
@@ -53,7 +62,7 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
     if flat_static and ring_algo not in (None, "flat"):
         runs.append((get_strategy("static"), cluster.topology("flat"), "static-flat"))
     for strategy, topo, name in runs:
-        results = []
+        by_seed: list[list[StepResult]] = [[] for _ in range(seeds)]
         planning = 0.0
         rings = max_ring = 0
         try:
@@ -62,7 +71,10 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
                 plan = make_plan(lengths, cluster.num_ranks, capacity, cost, strategy, max_len=max_len, seed=seed + step,
                                  topology=topo)
                 planning += time.perf_counter() - t0
-                results.append(simulate_step(plan, cost, cluster))
+                clean = clean_times(plan, cost, cluster)
+                for j, runs_of in enumerate(by_seed):
+                    noisy = noise.with_seed(noise.seed + j) if noise is not None else None
+                    runs_of.append(simulate_step(plan, cost, cluster, noisy, step, clean))
                 rings += len(plan.rings)
                 max_ring = max(max_ring, plan.max_ring)
                 if on_plan:
@@ -70,9 +82,13 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
         except PlanError as e:
             skipped[name] = e
             continue
+        results = [r for runs_of in by_seed for r in runs_of]
         table[name] = summarise(results, cluster.gpus, cost.device.peak_tflops, planning / len(batches),
                                 max_ring, rings // len(batches))
-        last[name] = results[-1]
+        per_seed = [sum(r.step_time_s for r in runs_of) / len(runs_of) for runs_of in by_seed]
+        table[name] |= {"step_time_mean_s": sum(per_seed) / seeds, "step_time_worst_s": max(per_seed),
+                        "noise_seeds": seeds}
+        last[name] = by_seed[0][-1]
     skipped.pop("static-flat", None)  # static itself is skipped for the same reason
     static_flat = table.pop("static-flat", None)
     last.pop("static-flat", None)

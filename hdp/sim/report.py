@@ -68,13 +68,15 @@ def add_speedups(table: dict[str, dict[str, float]], static_flat: dict[str, floa
             row["speedup_vs_flat_static"] = flat / row["step_time_s"]
 
 
-def format_table(table: dict[str, dict[str, float]], title: str) -> str:
-    """Plain-text table (stable for tests and logs)."""
+def format_table(table: dict[str, dict[str, float]], title: str, noise: bool = False) -> str:
+    """Plain-text table (stable for tests and logs); ``noise``: the mean and worst step over noise seeds too."""
     head = (f"{'strategy':<12} {'step s':>9} {'speedup':>8} {'TFLOP/s':>8} {'MFU':>6} {'compute':>8} "
             f"{'comm':>6} {'idle':>6} {'LB s':>9} {'gap':>6} {'max ring':>8}")
     flat = any("speedup_vs_flat_static" in r for r in table.values())
     if flat:
         head += f" {'vs flat':>8}"
+    if noise:
+        head += f" {'mean s':>9} {'worst s':>9} {'seeds':>5}"
     lines = [title, head, "-" * len(head)]
     for name, r in table.items():
         sp = r["speedup_vs_static"]
@@ -83,7 +85,8 @@ def format_table(table: dict[str, dict[str, float]], title: str) -> str:
         lines.append(
             f"{name:<12} {r['step_time_s']:>9.3f} {speedup} {r['model_tflops_per_gpu']:>8.3g} "
             f"{r['mfu']:>6.1%} {r['compute_frac']:>8.1%} {r['exposed_comm_frac']:>6.1%} {r['idle_frac']:>6.1%} "
-            f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}{vs_flat}")
+            f"{r['lower_bound_s']:>9.3f} {r['gap_to_lower_bound']:>5.2f}x {int(r['max_ring']):>8}{vs_flat}"
+            + (f" {r['step_time_mean_s']:>9.3f} {r['step_time_worst_s']:>9.3f} {int(r['noise_seeds']):>5}" if noise else ""))
     exposed = {n: r["exposed_comm_s"] for n, r in table.items() if r.get("exposed_comm_s")}
     if exposed:
         lines.append("exposed ring comm per rank (s), by ring algorithm: " + "; ".join(

@@ -7,6 +7,10 @@ communication (``microbatch.py``). With pipelines a rank's micro-batches also pa
 rank plus the all-reduce. Every rank's step time splits exactly into
 
     compute + exposed comm (ring, TP, offload, grad sync) + idle (ring wait, PP bubble, DP bubble).
+
+Before the replay, offload copies are re-timed on shared links (``contention.py``) and, with a
+``Noise``, every kernel gets its seeded noise (``noise.py``); a ring member's wait for a slower
+member inside a ring micro-batch counts as ring wait.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from hdp.plan.estimate import area_floor, time_bound
 from hdp.plan.replay import replay
 from hdp.plan.types import Plan
 from hdp.sim.cluster import Cluster
+from hdp.sim.contention import contend
 from hdp.sim.microbatch import BF16, MicroBatchTime, MicroBatchTimer
+from hdp.sim.noise import Noise, apply_noise
 from hdp.sim.pipeline import one_f_one_b
 
 
@@ -78,11 +84,22 @@ def grad_sync_time(cost: CostModel, cluster: Cluster) -> float:
     return cluster.dp_all_reduce(cost.model.num_params / (cost.tp * cost.pp) * BF16)
 
 
-def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster) -> StepResult:
+def clean_times(plan: Plan, cost: CostModel, cluster: Cluster) -> list[list[MicroBatchTime]]:
+    """Every micro-batch's time without noise, offload copies on shared links."""
     if plan.num_ranks != cluster.num_ranks:
         raise ValueError(f"the plan has {plan.num_ranks} ranks but the cluster {cluster.num_ranks} HDP ranks")
     timer = MicroBatchTimer(plan, cost, cluster)
-    times = [tuple(timer(mb) for mb in rp.micro_batches) for rp in plan.ranks]
+    times = [[timer(mb) for mb in rp.micro_batches] for rp in plan.ranks]
+    return [tuple(ts) for ts in contend(plan, cost, cluster, timer, times)]
+
+
+def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster, noise: Noise | None = None, step: int = 0,
+                  clean: list[list[MicroBatchTime]] | None = None) -> StepResult:
+    """One step of ``plan``; ``noise`` (seeded by its seed and ``step``) on every kernel when active.
+    ``clean``: ``clean_times`` of the plan, when several noise seeds time the same plan."""
+    times = clean if clean is not None else clean_times(plan, cost, cluster)
+    if noise is not None and noise.active:
+        times = apply_noise(plan, cost, cluster, noise, step, times)
     rep = replay(plan, [[t.total_s for t in ts] for ts in times])
     p = cluster.pp
     pp_bubble = [0.0] * plan.num_ranks
@@ -102,7 +119,8 @@ def simulate_step(plan: Plan, cost: CostModel, cluster: Cluster) -> StepResult:
     for r, ts in enumerate(times):
         compute = math.fsum(t.compute_s for t in ts)
         comm = math.fsum(t.comm_s for t in ts)
-        ranks.append(RankBreakdown(compute, comm, rep.wait[r], pp_bubble[r], end - finish[r]))
+        sync_wait = math.fsum(t.sync_wait_s for t in ts)
+        ranks.append(RankBreakdown(compute, comm, rep.wait[r] + sync_wait, pp_bubble[r], end - finish[r]))
     return StepResult(
         strategy=plan.strategy,
         step_time_s=end + sync,

@@ -36,7 +36,10 @@ def exposed(algo: str, members: list[int]) -> float:
 def by_hand(k: int) -> tuple[float, float, float]:
     """(K/V bytes a member sends per step, forward and backward attention of one block step)."""
     kv = (L / k) * 2 * (M.num_kv_heads * M.hidden_size // M.num_heads) * 2  # K and V, bf16
-    attn = COST.attn_layer_time(L, doc_len=L / (2 * k)) / k / k  # one member's layer, one of k blocks
+    p, h, dev = L / (2 * k), M.hidden_size, COST.device  # zig-zag pieces: tests/sim/test_sim.py's hand_tiles
+    diag = 3.5 * 2 * h * p * p / (dev.attn_efficiency(p) * 1e12)
+    full = 3.5 * 4 * h * p * p / (dev.attn_efficiency(math.sqrt(2) * p) * 1e12)
+    attn = (2 * diag + full + (k - 1) * 2 * full) / k  # one member's layer, the mean of its k block steps
     return kv, _fwd_share() * attn, (1 - _fwd_share()) * attn
 
 

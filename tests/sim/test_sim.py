@@ -19,12 +19,24 @@ COST = build_cost_model("llama-7b")
 M, DEV = COST.model, COST.device
 
 
+def hand_tiles(seq_len: float, k: int) -> float:
+    """One ring member's attention of one layer as the zig-zag kernels compute it: pieces of
+    p = s/2k tokens; the local step runs 2 causal p-pairs (2*h*p^2 fwd FLOPs each, at the causal
+    rate for p tokens) and a full p x p pair (4*h*p^2, at the rate of the equal-work causal
+    document, sqrt(2) p), each of the k-1 other steps 2 full pairs; x3.5 fwd+bwd."""
+    p, h = seq_len / (2 * k), M.hidden_size
+    diag = 3.5 * 2 * h * p * p / (DEV.attn_efficiency(p) * 1e12)
+    full = 3.5 * 4 * h * p * p / (DEV.attn_efficiency(math.sqrt(2) * p) * 1e12)
+    return 2 * diag + full + (k - 1) * 2 * full
+
+
 def hand_layer_time(seq_len: float, ring_size: int = 1) -> tuple[float, float]:
     """(attention, linear) seconds of one layer for one member, from FLOPs and the measured rates:
-    causal attention fwd 2*h*s^2 (x3.5 fwd+bwd), a member doing 1/k of it in blocks of s/2k tokens;
+    causal attention fwd 2*h*s^2 (x3.5 fwd+bwd), a ring member's by its tiles (``hand_tiles``);
     linear 2*(params - norms) per token (x3)."""
     k = ring_size
-    attn = 3.5 * 2 * M.hidden_size * seq_len**2 / (DEV.attn_efficiency(seq_len / (2 * k) if k > 1 else seq_len) * 1e12) / k
+    attn = (hand_tiles(seq_len, k) if k > 1 else
+            3.5 * 2 * M.hidden_size * seq_len**2 / (DEV.attn_efficiency(seq_len) * 1e12))
     lin = 3 * 2 * (M.params_per_layer - 2 * M.hidden_size) * seq_len / k / (DEV.gemm_efficiency(seq_len / k) * 1e12)
     return attn, lin
 

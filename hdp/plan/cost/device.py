@@ -33,12 +33,22 @@ class DeviceProfile:
     host_mem_gib: float = 192.0
     """Host memory one device may fill with offloaded activations (a DGX H100 node has 2 TB for 8
     GPUs; this leaves room for the data loader, pinned staging and the OS)."""
+    pcie_gbps: float = 64.0
+    """The GPU's PCIe link per direction, GB/s, shared by its offload copies and its NIC's traffic
+    (GPUDirect RDMA crosses the same link). PCIe Gen5 x16: 32 GT/s x 16 lanes, 128b/130b = 63 GB/s;
+    the calibration's single copy reaches 55 GB/s of it. Only the simulator reads it (``hdp.sim.contention``)."""
+    host_mem_gbps: float = 300.0
+    """Host memory bandwidth one node's GPU copies share, GB/s (both directions together). A DGX H100
+    has 2 sockets x 8 channels of DDR5-4800, 614 GB/s peak; about half of that for DMA is an assumption
+    (the CPU side, loaders and pinned staging use the rest), not a measurement: set it from 8 concurrent
+    copies. Only the simulator reads it (``hdp.sim.contention``)."""
     source: str = ""
 
     def __post_init__(self) -> None:
         if not self.gemm_tflops or not self.attn_tflops:
             raise ValueError(f"device profile {self.name!r} needs GEMM and attention measurements")
-        if min(self.d2h_gbps, self.h2d_gbps, self.mem_total_gib, self.peak_tflops) <= 0:
+        if min(self.d2h_gbps, self.h2d_gbps, self.mem_total_gib, self.peak_tflops, self.pcie_gbps,
+               self.host_mem_gbps) <= 0:
             raise ValueError(f"device profile {self.name!r} has a non-positive bandwidth, memory or peak")
 
     def gemm_efficiency(self, tokens: float) -> float:
@@ -62,6 +72,8 @@ class DeviceProfile:
             "mem_total_GiB": self.mem_total_gib,
             "layer_overhead_s": self.layer_overhead_s,
             "host_mem_GiB": self.host_mem_gib,
+            "pcie_GBps": self.pcie_gbps,
+            "host_mem_GBps": self.host_mem_gbps,
         }
 
     @classmethod
@@ -80,6 +92,8 @@ class DeviceProfile:
                 mem_total_gib=float(d["mem_total_GiB"]),
                 layer_overhead_s=float(d.get("layer_overhead_s", 20e-6)),
                 host_mem_gib=float(d.get("host_mem_GiB", 192.0)),
+                pcie_gbps=float(d.get("pcie_GBps", 64.0)),
+                host_mem_gbps=float(d.get("host_mem_GBps", 300.0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"device profile {name!r} is malformed ({e}); see hdp.plan.cost.device") from None
@@ -132,6 +146,8 @@ def _from_calibration(d: dict[str, Any], name: str) -> DeviceProfile:
         h2d_gbps=float(d["h2d_GBps"]),
         mem_total_gib=float(d["mem_total_GiB"]),
         host_mem_gib=float(d.get("host_mem_GiB", 192.0)),
+        pcie_gbps=float(d.get("pcie_GBps", 64.0)),
+        host_mem_gbps=float(d.get("host_mem_GBps", 300.0)),
     )
 
 
