@@ -72,28 +72,22 @@ def _range_area(cost: CostModel, groups: list[tuple[float, float]], length: int,
 
 
 def min_exposure_s(cost: CostModel, topology: Topology, length: int, k: int) -> float:
-    """The least exposed ring transfer of one member over all shapes k members can have: one node
-    (k <= node), several nodes (flat or bidirectional), every two-level grid m x g, and the flat
-    ring every planner may fall back to (``hdp.plan.cost.ringcomm.member_exposure_s``)."""
+    """The least exposed ring transfer of one member over every shape k members can have and every
+    algorithm a ring may record: one node (k <= node) or several, flat or bidirectional, and every
+    two-level grid m x g (``hdp.plan.cost.ringcomm.member_exposure_s``, which the estimate charges)."""
     if k <= 1:
         return 0.0
     links: Links = links_of(topology)
     attn = cost.attn_layer_time(length, doc_len=length / (2 * k)) / k
     kv = length / k * 2 * cost.model.kv_dim * BF16 / cost.tp
     fwd, bwd = ATTN_FWD_SHARE * attn / k, (1 - ATTN_FWD_SHARE) * attn / k
-    algos = {"flat", topology.ring_algo}
-    if topology.kv_heads < 2:
-        algos.discard("bidirectional")
     node = topology.ranks_per_node
-    shapes = ([(1, k)] if k <= node else []) + [(2, 0)]
-    if "two-level" in algos:
-        shapes += [(k // g, g) for g in two_level_widths(k, node)]
     best = math.inf
-    for m, g in shapes:
-        for algo in algos:
-            if algo == "two-level" and g == 0:
-                continue
+    for m, g in ([(1, k)] if k <= node else []) + [(2, 0)]:  # one node; several (flat rings: any number)
+        for algo in ("flat", "bidirectional"):
             best = min(best, exposed_ring(algo, k, m, g, kv, fwd, bwd, links))
+    for g in two_level_widths(k, node):
+        best = min(best, exposed_ring("two-level", k, k // g, g, kv, fwd, bwd, links))
     return cost.layers * best
 
 
