@@ -20,6 +20,7 @@ from hdp.plan.cost.model_config import ModelConfig
 from hdp.progress import Progress, elapsed
 from hdp.sim.cluster import INTER_GBPS, INTER_LATENCY_US, NVLINK_GBPS, NVLINK_LATENCY_US, Cluster
 from hdp.sim.compare import simulate
+from hdp.sim.noise import Noise, parse_straggler
 from hdp.sim.report import format_table
 
 
@@ -51,6 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", default="all",
                    help=f"comma-separated subset of {','.join(STRATEGIES)} (table below), or all (default all)")
     add_memory_arguments(p)
+    p.add_argument("--jitter", type=float, default=0.0, metavar="J",
+                   help="seeded lognormal noise of sigma J (mean 1) on every kernel: each micro-batch's compute, "
+                        "each ring step (a step waits for its slowest member); default 0, none (hdp.sim.noise)")
+    p.add_argument("--straggler", default=None, metavar="F:X",
+                   help="a seeded fraction F of the GPUs runs every kernel X times slower (default none)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="noise seeds 0..N-1 (of --jitter/--straggler; not the batch's --seed): the table and "
+                        "--json give each strategy's mean and worst step time over them (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="DIR", help="write per-rank timelines and a breakdown chart (PNG) here")
     p.add_argument("--quiet", action="store_true",
@@ -119,13 +128,14 @@ def build(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies)
+    noise = build_noise(args)
     cluster, cost, capacity = build(args)
     batches, max_len = load_batches(args, cost.model)
     flat_static = "static" in strategies
     cells = len(batches) * (len(strategies) + (flat_static and args.ring_algo != "flat"))
     with _progress(cells, len(batches), args.quiet) as on_plan:
         sim = simulate(batches, cluster, cost, capacity, strategies, max_len, args.seed, on_plan=on_plan,
-                       ring_algo=args.ring_algo, flat_static=flat_static)
+                       ring_algo=args.ring_algo, flat_static=flat_static, noise=noise, noise_seeds=args.seeds)
     notes = {name: user_error(e, SIMULATE_FLAGS).args[0] for name, e in sim.skipped.items()}
     if not sim.table:
         raise ValueError("no strategy can plan this batch: " + "; ".join(f"{n}: {m}" for n, m in notes.items()))
@@ -142,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             "steps": len(batches), "tokens_per_step": sum(batches[0]), "strategies": sim.table,
             "ring_algo": args.ring_algo, "gpus_per_node": cluster.gpus_per_node,
             "simulation_time_s": sim.simulation_time_s, "plots": plots,
+            "jitter": noise.jitter, "straggler": args.straggler, "noise_seeds": args.seeds,
         }
         if sim.static_flat:
             out["static_flat"] = sim.static_flat
@@ -150,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(format_table(sim.table, title))
+        print(format_table(sim.table, title, noise.active))
         if sim.static_flat:
             print(f"static with flat rings: {sim.static_flat['step_time_s']:.3f} s (the 'vs flat' baseline)")
         for name, note in notes.items():
@@ -160,6 +171,14 @@ def run(args: argparse.Namespace) -> int:
         for p in plots:
             print(f"wrote {p}")
     return 0
+
+
+def build_noise(args: argparse.Namespace) -> Noise:
+    """--jitter, --straggler and --seeds, checked (one line on bad input)."""
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    fraction, factor = parse_straggler(args.straggler)
+    return Noise(args.jitter, fraction, factor)
 
 
 @contextlib.contextmanager
