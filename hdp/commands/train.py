@@ -11,7 +11,7 @@ from hdp.plan.cost.model_config import PRESETS
 from hdp.plan.schedule.sharding import PlanError
 from hdp.plan.strategies import STRATEGIES
 from hdp.plan.types import RING_ALGOS
-from hdp.runtime.config import DTYPES, TrainConfig
+from hdp.runtime.config import AUX_LOSSES, DTYPES, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -65,6 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="at the end, write the model as a Hugging Face directory (config.json + model.safetensors)")
     p.add_argument("--hf-model", default=None, metavar="DIR",
                    help="train this local Hugging Face causal LM (config.json, weights if present) instead of --model")
+    moe = p.add_argument_group("mixture-of-experts models (docs/moe.md)")
+    moe.add_argument("--aux-loss", choices=AUX_LOSSES, default=d.aux_loss,
+                     help="load-balancing loss: document (default; per document, so 1 rank and N ranks train alike "
+                          "however the batch is cut: a ring's members combine their expert counts), micro-batch "
+                          "(transformers' load_balancing_loss_func per micro-batch: depends on the cut), none")
+    moe.add_argument("--aux-loss-coef", type=float, default=d.aux_loss_coef, metavar="C",
+                     help=f"weight of the load-balancing loss (default {d.aux_loss_coef:g}, transformers' "
+                          "router_aux_loss_coef for Mixtral and Qwen-MoE)")
+    moe.add_argument("--z-loss-coef", type=float, default=d.z_loss_coef, metavar="C",
+                     help="weight of the router z-loss, mean over tokens of logsumexp(router logits)^2 "
+                          "(ST-MoE; default 0: off)")
     p.add_argument("--zero", type=int, choices=(0, 1, 2), default=None,
                    help="0: replicate optimizer states; 1: shard fp32 master weights and AdamW moments over all ranks; "
                         "2: also keep only this rank's gradient shard (default 1 with more than one rank, as hdp plan "
@@ -143,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         progress=not args.no_progress, tensorboard=args.tensorboard, zero=args.zero, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, recompute=args.recompute,
         export_hf=args.export_hf, hf_model=args.hf_model,
+        aux_loss=args.aux_loss, aux_loss_coef=args.aux_loss_coef, z_loss_coef=args.z_loss_coef,
         tokenizer=args.tokenizer, text_field=args.text_field, dump_batches=args.dump_batches,
         gpus_per_node=args.gpus_per_node, ring_algo=args.ring_algo,
         on_nan=args.on_nan,

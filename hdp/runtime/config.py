@@ -17,6 +17,20 @@ TRAIN_STRATEGIES = tuple(STRATEGIES)  # the planner's table (hdp.plan.strategies
 OVERRIDES: dict[str, tuple[str, ...]] = {"lr": ("lr", "min_lr"),
                                          "schedule": ("schedule_steps", "warmup_steps", "lr_schedule")}
 """``--override`` names and the checkpoint config fields each lets a resumed run change."""
+AUX_LOSSES = ("document", "micro-batch", "none")
+"""``--aux-loss``: the load-balancing loss of a mixture-of-experts model (hdp.runtime.train.aux_loss)."""
+DEFAULT_AUX_LOSS_COEF = 0.001
+"""transformers' ``router_aux_loss_coef`` default (MixtralConfig, Qwen2/3-MoE): our loss has its scale
+(k at perfect balance), so the coefficient means what it means there."""
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The router losses a mixture-of-experts model trains with (``--aux-loss*``, ``--z-loss-coef``)."""
+
+    aux_loss: str = "document"
+    aux_loss_coef: float = DEFAULT_AUX_LOSS_COEF
+    z_loss_coef: float = 0.0
 
 
 def dtype_for_device(device_type: str) -> str:
@@ -85,6 +99,13 @@ class TrainConfig:
     """Write the trained model here as a Hugging Face directory (rank 0, at the end)."""
     hf_model: str | None = None
     """Train this local Hugging Face causal-LM directory instead of the ``model`` preset."""
+    aux_loss: Literal["document", "micro-batch", "none"] = "document"
+    """MoE load-balancing loss: per document, independent of how the batch is cut (default), transformers'
+    per micro-batch (depends on the cut), or none. A dense model refuses micro-batch."""
+    aux_loss_coef: float = DEFAULT_AUX_LOSS_COEF
+    """Weight of the load-balancing loss in the trained loss (transformers' router_aux_loss_coef)."""
+    z_loss_coef: float = 0.0
+    """Weight of the router z-loss (ST-MoE: mean over tokens of logsumexp(router logits)^2); 0: off."""
     tokenizer: str | None = None
     """A tokenizer.json or local Hugging Face tokenizer directory; None: byte-level tokens."""
     text_field: str = "text"
@@ -161,6 +182,11 @@ class TrainConfig:
             raise ValueError(f"--ring-algo must be one of {', '.join(RING_ALGOS)}, got {self.ring_algo!r}")
         if self.offload_ratio is not None and not 0.0 <= self.offload_ratio <= 1.0:  # also refuses nan
             raise ValueError(f"--offload-ratio must be in [0, 1], got {self.offload_ratio}")
+        if self.aux_loss not in AUX_LOSSES:
+            raise ValueError(f"--aux-loss must be one of {', '.join(AUX_LOSSES)}, got {self.aux_loss!r}")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            if not 0 <= getattr(self, name) < math.inf:  # also refuses nan
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"--on-nan must be stop or skip, got {self.on_nan!r}")
 
@@ -187,6 +213,21 @@ class TrainConfig:
     def lr_steps(self) -> int:
         """Steps the learning-rate schedule spans."""
         return self.schedule_steps if self.schedule_steps is not None else self.steps
+
+    @property
+    def router_spec(self) -> RouterSpec:
+        return RouterSpec(self.aux_loss, self.aux_loss_coef, self.z_loss_coef)
+
+    def check_router_flags(self, is_moe: bool, model: str) -> None:
+        """A dense model has no router: a router-loss flag that would change something there is refused."""
+        if is_moe:
+            return
+        given = [f for f, on in (("--aux-loss micro-batch", self.aux_loss == "micro-batch"),
+                                 (f"--aux-loss-coef {self.aux_loss_coef:g}", self.aux_loss_coef != DEFAULT_AUX_LOSS_COEF),
+                                 (f"--z-loss-coef {self.z_loss_coef:g}", self.z_loss_coef != 0)) if on]
+        if given:
+            raise ValueError(f"{', '.join(given)}: model {model} is dense (no experts, no router); the router "
+                             "losses apply to mixture-of-experts models only")
 
     @property
     def torch_dtype(self) -> torch.dtype:

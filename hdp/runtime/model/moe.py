@@ -12,9 +12,9 @@ the tokens are sorted by expert and each expert multiplies its contiguous rows (
 per expert that received tokens). Experts live inside the fixed TP group, never across HDP ranks
 (docs/moe.md says why).
 
-Each forward appends its routing to ``routing`` (when set by the decoder): the router
-probabilities (autograd-connected, for the load-balancing loss of ``hdp.runtime.train.aux_loss``)
-and the chosen experts.
+Each forward appends its routing to ``routing`` (when set by the decoder): the router logits
+(autograd-connected, for the load-balancing loss and z-loss of ``hdp.runtime.train.aux_loss``) and
+the chosen experts, as transformers' routers return them (``hf_model`` reads the same pair there).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from hdp.plan.cost.model_config import ModelConfig
 class Routing:
     """One MoE layer's routing of one micro-batch."""
 
-    probs: torch.Tensor
-    """[T, E] softmax of the router logits (float32 as Mixtral, float64 in a float64 model's statistics)."""
+    logits: torch.Tensor
+    """[T, E] router logits in the model's dtype (the losses take their softmax in at least float32)."""
     experts: torch.Tensor
     """[T, k] chosen experts per token (int64)."""
 
@@ -45,14 +45,14 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [T, h] -> (probs [T, E], top-k weights [T, k] renormalised to sum 1, top-k experts [T, k]).
+        """x [T, h] -> (logits [T, E], top-k weights [T, k] renormalised to sum 1, top-k experts [T, k]).
 
         The softmax is taken in float32 whatever the model's dtype, exactly as transformers' Mixtral
         (also in a float64 model): the exported model is then the same function as the trained one.
         """
-        probs = torch.softmax(F.linear(x, self.weight).float(), dim=-1)        # [T, E]
-        top, experts = torch.topk(probs, self.top_k, dim=-1)                    # [T, k]
-        return probs, top / top.sum(dim=-1, keepdim=True), experts
+        logits = F.linear(x, self.weight)                                       # [T, E]
+        top, experts = torch.topk(torch.softmax(logits.float(), dim=-1), self.top_k, dim=-1)  # [T, k]
+        return logits, top / top.sum(dim=-1, keepdim=True), experts
 
 
 class Experts(nn.Module):
@@ -95,7 +95,7 @@ class SparseMoE(nn.Module):
         """Set by the decoder for one forward; each call appends its ``Routing``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs, weights, experts = self.gate(x)
+        logits, weights, experts = self.gate(x)
         if self.routing is not None:
-            self.routing.append(Routing(probs, experts))
+            self.routing.append(Routing(logits, experts))
         return self.experts(x, weights, experts)

@@ -14,12 +14,16 @@ from hdp.runtime.config import TrainConfig
 
 
 def model_shape(config: TrainConfig) -> ModelConfig:
-    """The model's shape for planning; for ``--hf-model`` this reads (and checks) its config.json only."""
+    """The model's shape for planning; for ``--hf-model`` this reads (and checks) its config.json only.
+    Router-loss flags on a dense model are refused here, before any process starts."""
     if config.hf_model is None:
-        return get_model(config.model)
-    from hdp.runtime.model.hf_model import load_hf_config, model_shape as hf_shape
+        shape = get_model(config.model)
+    else:
+        from hdp.runtime.model.hf_model import load_hf_config, model_shape as hf_shape
 
-    return hf_shape(load_hf_config(config.hf_model, config.max_seq_len), f"hf:{config.hf_model}")
+        shape = hf_shape(load_hf_config(config.hf_model, config.max_seq_len), f"hf:{config.hf_model}")
+    config.check_router_flags(shape.is_moe, config.hf_model or config.model)
+    return shape
 
 
 def matmul_precision(device_type: str, dtype: torch.dtype) -> str | None:
@@ -43,12 +47,17 @@ def build_train_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """The model every rank builds identically (weights from the directory, or seeded from ``--seed``),
     with its device's matmul precision set (``configure_matmul``: TF32 where float32 remains on CUDA)."""
     configure_matmul(device, config.torch_dtype)
+    model: nn.Module
     if config.hf_model is None:
         from hdp.runtime.model.decoder import build_model
 
-        return build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed,
-                           recompute=config.recompute == "full")
-    from hdp.runtime.model.hf_model import build_hf_model
+        model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed,
+                            recompute=config.recompute == "full")
+    else:
+        from hdp.runtime.model.hf_model import build_hf_model
 
-    return build_hf_model(config.hf_model, dtype=config.torch_dtype, device=device, seed=config.seed,
-                          max_seq_len=config.max_seq_len, recompute=config.recompute == "full")
+        model = build_hf_model(config.hf_model, dtype=config.torch_dtype, device=device, seed=config.seed,
+                               max_seq_len=config.max_seq_len, recompute=config.recompute == "full")
+    if model.cfg.is_moe:  # the train step's router losses (hdp.runtime.train.aux_loss) read it
+        model.router_spec = config.router_spec
+    return model

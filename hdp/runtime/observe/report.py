@@ -44,6 +44,7 @@ def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float
         "micro_batches_min": min(counts),
         "micro_batches_max": max(counts),
         "offloaded_bytes": offloaded_bytes,
+        **result.router,  # a mixture-of-experts model: aux_loss, z_loss, expert_load_max_over_mean, dropped_tokens
     }
     if model is not None:  # what ring attention ran (the plan's algorithm where the ring can run it)
         record["rings_by_algo"] = rings_by_algo(plan, model.num_kv_heads)
@@ -215,6 +216,8 @@ class Reporter:
             t.add_row("MFU (after step 0)", f"{mfu_text(sum(r['mfu'] for r in timed) / len(timed), self.peak)} "
                                             f"({sum(r['tflops_per_device'] for r in timed) / len(timed):.3g} TFLOP/s per device)")
         t.add_row("rings per step (max size)", f"{max(r['rings'] for r in recs)} ({max(r['max_ring'] for r in recs)})")
+        if "expert_load_max_over_mean" in recs[0]:
+            t.add_row("router (first → last)", router_summary(recs[0]) + " → " + router_summary(recs[-1]))
         t.add_row("micro-batches per rank", f"{min(r['micro_batches_min'] for r in recs)} – "
                                             f"{max(r['micro_batches_max'] for r in recs)}")
         last = recs[-1]
@@ -244,6 +247,14 @@ class Reporter:
             if where:
                 rows.append((name, where))
         return rows
+
+
+def router_summary(record: dict[str, Any]) -> str:
+    """``aux 2.013, z 0.41, load max/mean 1.32, dropped 0`` (what the record has)."""
+    parts = [f"{name} {record[key]:.4g}" for name, key in (("aux", "aux_loss"), ("z", "z_loss"))
+             if record.get(key) is not None]
+    parts.append(f"load max/mean {record['expert_load_max_over_mean']:.3g}, dropped {record['dropped_tokens']}")
+    return ", ".join(parts)
 
 
 def _loss(record: dict[str, Any]) -> str:

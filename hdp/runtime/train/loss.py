@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdp.runtime.model.decoder import Decoder
+from hdp.runtime.train.aux_loss import RouterLoss
 from hdp.runtime.train.inputs import IGNORE
 
 CHUNK_ELEMENTS = 1 << 26
@@ -36,18 +37,25 @@ def use_chunked(num_tokens: int, vocab_size: int) -> bool:
     return num_tokens * vocab_size >= MIN_CHUNKED_ELEMENTS
 
 
-def micro_batch_loss(model: nn.Module, mb: Any, layer_context: Any, denom: int) -> torch.Tensor:
+def micro_batch_loss(model: nn.Module, mb: Any, layer_context: Any, denom: int,
+                     router: RouterLoss | None = None) -> torch.Tensor:
     """Sum of ``mb``'s token cross-entropies / ``denom`` (the global batch's labelled tokens).
 
     The built-in ``Decoder`` with T x V past ``MIN_CHUNKED_ELEMENTS`` stops before its LM head and
     takes the chunked loss; otherwise (and for Hugging Face models) full logits and F.cross_entropy.
+    With ``router`` (a mixture-of-experts model) the router losses' gradient is added: the value
+    returned stays the cross-entropy (the step's ``loss``), the router terms are summed in ``router``.
     """
     if isinstance(model, Decoder) and use_chunked(mb.tokens.numel(), model.cfg.vocab_size):
         hidden = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context, head=False)  # [T, h]
-        return chunked_cross_entropy(hidden, model.lm_head.weight, mb.labels, ignore_index=IGNORE, scale=1.0 / denom)
-    logits = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context)  # [T, V]
-    return F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
-                           ignore_index=IGNORE, reduction="sum") / denom
+        ce = chunked_cross_entropy(hidden, model.lm_head.weight, mb.labels, ignore_index=IGNORE, scale=1.0 / denom)
+    else:
+        logits = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context)  # [T, V]
+        ce = F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, mb.labels,
+                             ignore_index=IGNORE, reduction="sum") / denom
+    extra = router.term(model.routing, mb.attention.layout, mb.attention.rings) if router is not None else None
+    # + (x - x.detach()): adds x's gradient, and exactly 0 to the value.
+    return ce if extra is None else ce + (extra - extra.detach()).to(ce.dtype)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,

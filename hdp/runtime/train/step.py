@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -27,6 +27,7 @@ from hdp.runtime.offload.activations import ActivationOffloader
 from hdp.runtime.parallel.peers import collective
 from hdp.runtime.parallel.plan_check import check_same_plan, check_world_size
 from hdp.runtime.optim.zero import ShardedAdamW
+from hdp.runtime.train.aux_loss import RouterLoss, router_loss
 from hdp.runtime.train.loss import micro_batch_loss
 
 
@@ -45,6 +46,8 @@ class StepResult:
     when False the update was skipped, so parameters and optimizer states are still the last finite ones."""
     maxima: tuple[int, ...] = ()
     """The maximum over ranks of each value ``train_step`` was given in ``fold`` (the plan check's all-reduce)."""
+    router: dict[str, float | int | None] = field(default_factory=dict)
+    """A mixture-of-experts model's router metrics (``RouterLoss.metrics``): aux/z loss, expert load."""
 
 
 _TENSORS = ("tokens", "positions", "labels")
@@ -60,15 +63,18 @@ def to_device(mb: MicroBatchInputs, device: torch.device) -> MicroBatchInputs:
 
 def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, device: torch.device, *,
                      timeout_s: float | None, offload: ActivationOffloader | None = None,
-                     offload_layers: int | None = None) -> tuple[torch.Tensor, int, int]:
+                     offload_layers: int | None = None, router: RouterLoss | None = None
+                     ) -> tuple[torch.Tensor, int, int]:
     """Run ``rank``'s micro-batches in plan order, accumulating gradients; returns (loss share, tokens, micro-batches).
 
-    ``offload_layers`` overrides every micro-batch's planned ``offload_layers`` (``--offload-ratio``).
+    ``offload_layers`` overrides every micro-batch's planned ``offload_layers`` (``--offload-ratio``);
+    ``router`` (default: the model's, ``aux_loss.router_loss``) sums the step's router losses.
     """
     denom = num_labelled_tokens(plan)
     if denom == 0:
         raise ValueError("the global batch has no token with a label (every sequence has length 1): raise --global-batch-tokens")
     loss_share = torch.zeros((), dtype=torch.float64, device=device)
+    router = router if router is not None else router_loss(model, plan.total_tokens, device)
     # Built on the host, then one pinned nonblocking copy per tensor (the pinned memory is kept alive by
     # the copy until it completes: the caching host allocator records the copy's stream).
     inputs = [to_device(mb, device) for mb in rank_inputs(plan, batch, rank, torch.device("cpu"), timeout_s=timeout_s)]
@@ -76,7 +82,7 @@ def forward_backward(model: Decoder, plan: Plan, batch: GlobalBatch, rank: int, 
         layers = mb.offload_layers if offload_layers is None else offload_layers
         scope = offload.micro_batch(layers) if offload else contextlib.nullcontext()
         with scope as layer_context:  # the offloaded activations must come back inside the same scope
-            loss = micro_batch_loss(model, mb, layer_context, denom)  # chunked when T x V is large
+            loss = micro_batch_loss(model, mb, layer_context, denom, router)  # chunked when T x V is large
             loss.backward()
         loss_share += loss.detach()  # stays on the device; read once, after the all-reduce
     return loss_share, sum(mb.num_tokens for mb in inputs), len(inputs)
@@ -98,20 +104,22 @@ def train_step(model: Decoder, optimizer: ShardedAdamW, plan: Plan, batch: Globa
     if world_size > 1:
         maxima = tuple(check_same_plan(plan, group, device, fold))  # first collective of the step
     optimizer.zero_grad()
+    router = router_loss(model, plan.total_tokens, device)  # None for a dense model
     loss_share, local_tokens, local_mbs = forward_backward(model, plan, batch, rank, device,
                                                            timeout_s=timeout_s, offload=offload,
-                                                           offload_layers=offload_layers)
+                                                           offload_layers=offload_layers, router=router)
     # The only collectives of the step: the gradient reduce-scatter (+ one scalar all-reduce), then
     # step()'s parameter all-gather. A peer that died or hangs surfaces here as a PeerError.
     with collective("the gradient reduce-scatter and parameter all-gather"):
-        norm, (loss,) = optimizer.reduce([loss_share])
+        norm, (loss, *routed) = optimizer.reduce([loss_share, *(router.scalars() if router else [])])
         grad_norm = float(norm)
         # A NaN/Inf anywhere reaches the all-reduced norm or loss on every rank: all skip together.
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
             optimizer.step(norm, max_grad_norm, lr)
     return StepResult(loss=loss, grad_norm=grad_norm, tokens=plan.total_tokens,
-                      local_tokens=local_tokens, local_micro_batches=local_mbs, finite=finite, maxima=maxima)
+                      local_tokens=local_tokens, local_micro_batches=local_mbs, finite=finite, maxima=maxima,
+                      router=router.metrics(routed) if router else {})
 
 
 def build_optimizer(model: Decoder, lr: float, weight_decay: float = 0.1, *, zero: int = 0,
