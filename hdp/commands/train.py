@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hdp.commands.config_file import EFFECTIVE_CONFIG, add_config_arguments
-from hdp.commands.flags import (TRAIN_FLAGS, add_global_batch_tokens, add_max_len, add_ranks, user_error,
+from hdp.commands.flags import (TRAIN_FLAGS, add_global_batch_tokens, add_max_len, add_pp, add_ranks, user_error,
                                 with_strategy_table)
 from hdp.plan.cost.model_config import PRESETS
 from hdp.plan.schedule.sharding import PlanError
@@ -128,6 +128,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", "--cost-model", dest="profile", default=None, metavar="PROFILE",
                    help="device profile for the planner's cost model and the MFU peak: a shipped name or an "
                         "'hdp calibrate' JSON file (default: the planner's, and the shipped CPU profile's peak on CPU)")
+    p.add_argument("--tp", type=int, default=d.tp, metavar="T",
+                   help="tensor-parallel size of one HDP rank: T consecutive processes split each layer's heads and "
+                        "MLP (default 1); --nproc = HDP ranks x T x P")
+    add_pp(p, "pipeline stages of one HDP rank, run as 1F1B over micro-batches of different lengths (default 1)")
     dry = p.add_argument_group("dry run (docs/dry-run.md)")
     dry.add_argument("--dry-run", action="store_true",
                      help="run one step of every rank's control flow in this process (fake process group, meta "
@@ -162,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume, max_restarts=args.max_restarts, schedule_steps=args.schedule_steps,
         plan_ahead=args.plan_ahead,
         run_config=getattr(args, EFFECTIVE_CONFIG, None),
-        log_every=args.log_every, profile=args.profile,
+        log_every=args.log_every, profile=args.profile, tp=args.tp, pp=args.pp,
         overrides=tuple(o.strip() for o in args.override.split(",") if o.strip()),
     )
 

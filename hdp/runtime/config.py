@@ -142,6 +142,11 @@ class TrainConfig:
     profile: str | None = None
     """Device profile for the planner's cost model and the MFU peak: a shipped name or an ``hdp calibrate``
     file. None: the planner's default, and on CPU the shipped CPU profile's peak for MFU."""
+    tp: int = 1
+    """Tensor-parallel size of one HDP rank: each layer's heads and MLP columns split over ``tp``
+    consecutive processes (``hdp.runtime.parallel.mesh``). Fixed for the run."""
+    pp: int = 1
+    """Pipeline stages of one HDP rank: its layers split over ``pp`` processes, run as 1F1B. Fixed for the run."""
     overrides: tuple[str, ...] = ()
     """Deliberate changes a resumed run may make to the checkpoint's config (``OVERRIDES``): ``lr``
     (--lr, --min-lr) and ``schedule`` (--schedule-steps / --steps, --warmup-steps, --lr-schedule)."""
@@ -204,15 +209,12 @@ class TrainConfig:
             raise ValueError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
         if self.log_every is not None and self.log_every < 1:
             raise ValueError(f"--log-every must be >= 1, got {self.log_every}")
+        if self.tp < 1 or self.pp < 1:
+            raise ValueError(f"--tp and --pp must be >= 1, got {self.tp} and {self.pp}")
         unknown = [o for o in self.overrides if o not in OVERRIDES]
         if unknown:
             raise ValueError(f"--override {','.join(unknown)}: expected a comma-separated list of "
                              f"{', '.join(OVERRIDES)}")
-
-    @property
-    def lr_steps(self) -> int:
-        """Steps the learning-rate schedule spans."""
-        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     @property
     def router_spec(self) -> RouterSpec:
@@ -228,6 +230,11 @@ class TrainConfig:
         if given:
             raise ValueError(f"{', '.join(given)}: model {model} is dense (no experts, no router); the router "
                              "losses apply to mixture-of-experts models only")
+
+    @property
+    def lr_steps(self) -> int:
+        """Steps the learning-rate schedule spans."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -77,6 +77,7 @@ def launch(config: TrainConfig, nproc: int) -> int:
     from hdp.runtime.train.run import Run
     from hdp.runtime.launch.restart import resume_defaults
     from hdp.runtime.launch.worker import env_rank, run_rank
+    from hdp.runtime.parallel.mesh import Mesh
 
     config = resume_defaults(config)  # --resume DIR keeps saving into DIR
     under = env_rank()
@@ -91,9 +92,10 @@ def launch(config: TrainConfig, nproc: int) -> int:
     use_accelerator = local_accelerators() >= nproc
     check_local_ranks(nproc, use_accelerator)  # before the planner, which is slow at 100,000 ranks too
     # Cheap checks once, in the parent: one clear line instead of the same error from every rank.
-    run = Run.from_config(config, nproc)
+    hdp = Mesh.for_world(nproc, config.tp, config.pp).hdp  # the plan's ranks: processes / (tp x pp)
+    run = Run.from_config(config, hdp)
     config = run.config  # the derived capacity, decided once for every rank
-    run.check_feasible(nproc, "accelerator" if use_accelerator else None)
+    run.check_feasible(hdp, "accelerator" if use_accelerator else None)
     run.offload_layers()
     if config.dump_batches:
         from hdp.data.dump import check_writable

@@ -31,6 +31,7 @@ from hdp.runtime.launch.accelerator import allocator_defaults, step_elapsed
 from hdp.runtime.parallel import deadlines
 from hdp.runtime.parallel import groups as run_groups
 from hdp.runtime.parallel.devices import check_devices_agree, pick_device
+from hdp.runtime.parallel.mesh import Mesh
 from hdp.runtime.parallel.peers import PeerError, collective, peer_cause
 
 from hdp.runtime.train.step import StepResult, build_optimizer, train_step
@@ -65,7 +66,7 @@ def _gather_devices(device: torch.device, world_size: int) -> list[str]:
 
 
 def init_group(rank: int, world_size: int, device: torch.device, timeout_s: float, *,
-               check_agreement: bool = False) -> run_groups.Groups:
+               check_agreement: bool = False, mesh: Mesh | None = None) -> run_groups.Groups:
     """Create the process groups once (env:// rendezvous: MASTER_ADDR/MASTER_PORT); returns them, installed.
 
     The world group's timeout is ``--timeout`` on gloo and long on NCCL until warm-up ends
@@ -93,7 +94,7 @@ def init_group(rank: int, world_size: int, device: torch.device, timeout_s: floa
             store = dist.PrefixStore(f"hdp/attempt-{attempt}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
                                 device_id=device_id)
-    groups = run_groups.create_groups(backend, timeout_s)
+    groups = run_groups.create_groups(backend, timeout_s, mesh)
     run_groups.install(groups)
     return groups
 
@@ -152,12 +153,15 @@ def close_groups(ok: bool) -> None:
 def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use_accelerator: bool,
            torchrun: bool = False) -> int:
     allocator_defaults()  # expandable segments, unless the user chose: before anything starts CUDA
-    run = Run.from_config(config, world_size)
+    mesh = Mesh.for_world(world_size, config.tp, config.pp)
+    hdp = mesh.hdp  # the plan's ranks; this process is HDP rank mesh.coord(rank).hdp
+    run = Run.from_config(config, hdp)
     config = run.config
     offload_layers = run.offload_layers()
     device = pick_device(local_rank, use_accelerator, strict=torchrun)
-    run.check_feasible(world_size, device)  # memory: this rank's own device
-    groups = init_group(rank, world_size, device, config.timeout_s, check_agreement=torchrun and world_size > 1)
+    run.check_feasible(hdp, device)  # memory: this rank's own device
+    groups = init_group(rank, world_size, device, config.timeout_s, check_agreement=torchrun and world_size > 1,
+                        mesh=mesh)
     model = build_train_model(config, device)
     fault = Fault.from_env()  # HDP_DEBUG_FAULT (hdp.runtime.launch.faults); None in normal runs
     if fault is not None:
@@ -181,7 +185,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     peak = reporter.peak[0]
     reporter.begin(ckpt.source if ckpt is not None else None, start_step, run.cost.device.name)
     dump = BatchDump(config.dump_batches, append=start_step > 0) if rank == 0 and config.dump_batches else None
-    plans = plans_for(lambda step: run.plan(step, world_size), start_step, config.steps, config.plan_ahead)
+    plans = plans_for(lambda step: run.plan(step, hdp), start_step, config.steps, config.plan_ahead)
     try:
         for step in range(start_step, config.steps):
             maybe_kill(rank, step)  # HDP_TEST_KILL only (hdp.runtime.launch.faults)

@@ -7,6 +7,9 @@
   inter-node one of the same round; on their own group the two overlap.
 * ``host``: a gloo group for checkpoint barriers and DCP's object collectives: a barrier that waits
   while rank 0 writes a manifest must not sit on an NCCL communicator whose watchdog counts it.
+* ``pool`` and ``tp``: with ``--tp``/``--pp`` (``parallel.mesh``), this process's HDP pool (the
+  optimizer's reduce-scatter and all-gather) and its TP group (the layers' collectives). Plain HDP:
+  the pool is the world and there is no TP group.
 
 Timeouts (``pg_timeout_s``): on gloo the group's timeout *is* hdp's ``--timeout`` (a gloo wait
 blocks the host and raises when it expires, which hdp names). On NCCL the watchdog aborts the job
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.distributed as dist
+
+from hdp.runtime.parallel.mesh import Coord, Mesh
 
 WARMUP_TIMEOUT_S = 1800.0
 """NCCL watchdog timeout until the first step completes: compiles, model build, step 0's first connections."""
@@ -43,6 +48,19 @@ class Groups:
     second: dist.ProcessGroup | None = None
     host: dist.ProcessGroup | None = None
     backend: str = "gloo"
+    mesh: Mesh = field(default_factory=Mesh)
+    coord: Coord = field(default_factory=lambda: Coord(0, 0, 0))
+    """This process's place in ``mesh``."""
+    pool: dist.ProcessGroup | None = None
+    """This process's HDP pool (``None``: the world, plain HDP)."""
+    tp: dist.ProcessGroup | None = None
+    """This process's TP group (``None`` with ``--tp 1``)."""
+
+    def global_rank(self, hdp_rank: int) -> int:
+        """The process of this coordinate (stage, TP index) that is the plan's HDP rank ``hdp_rank``."""
+        if self.mesh.trivial:
+            return hdp_rank
+        return self.mesh.rank(hdp_rank, self.coord.stage, self.coord.tp)
 
 
 _installed: Groups | None = None
@@ -79,14 +97,33 @@ def nccl_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return added
 
 
-def create_groups(backend: str, timeout_s: float) -> Groups:
-    """The extra groups, once, right after ``init_process_group`` (every rank must call it: collective)."""
+def create_groups(backend: str, timeout_s: float, mesh: Mesh | None = None) -> Groups:
+    """The extra groups, once, right after ``init_process_group`` (every rank must call it: collective).
+
+    With a mesh (``--tp``/``--pp``), every process creates every HDP pool and every TP group in the
+    same order (``new_group`` is collective over the world) and keeps its own."""
     timeout = datetime.timedelta(seconds=pg_timeout_s(backend, timeout_s, warm=False))
-    if dist.get_world_size() == 1:
-        return Groups(backend=backend)
+    world = dist.get_world_size()
+    mesh = mesh if mesh is not None else Mesh(world)
+    if mesh.world_size != world:
+        raise ValueError(f"the mesh has {mesh.world_size} processes, the world {world}")
+    coord = mesh.coord(dist.get_rank())
+    if world == 1:
+        return Groups(backend=backend, mesh=mesh, coord=coord)
     second = dist.new_group(backend=backend, timeout=timeout, group_desc="hdp_second")
     host = dist.new_group(backend="gloo", timeout=timeout, group_desc="hdp_host")
-    return Groups(world=None, second=second, host=host, backend=backend)
+    pool = tp = None
+    if not mesh.trivial:
+        for i, ranks in enumerate(mesh.pools()):
+            group = dist.new_group(ranks, backend=backend, timeout=timeout, group_desc=f"hdp_pool_{i}")
+            if ranks == mesh.pool(coord.stage, coord.tp):
+                pool = group
+        if mesh.tp > 1:
+            for i, ranks in enumerate(mesh.tp_groups()):
+                group = dist.new_group(ranks, backend=backend, timeout=timeout, group_desc=f"hdp_tp_{i}")
+                if ranks == mesh.tp_ranks(coord.hdp, coord.stage):
+                    tp = group
+    return Groups(world=None, second=second, host=host, backend=backend, mesh=mesh, coord=coord, pool=pool, tp=tp)
 
 
 def end_warmup(groups: Groups, timeout_s: float) -> float | None:
@@ -97,7 +134,8 @@ def end_warmup(groups: Groups, timeout_s: float) -> float | None:
     set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)  # torch >= 2.4; private, so guarded
     if set_timeout is None:
         return None
-    for group in (groups.world, groups.second):
+    extra = [g for g in (groups.pool, groups.tp) if g is not None]
+    for group in (groups.world, groups.second, *extra):
         set_timeout(datetime.timedelta(seconds=seconds), group)
     return seconds
 

@@ -39,13 +39,16 @@ class Run:
 
     @classmethod
     def from_config(cls, config: TrainConfig, num_ranks: int | None = None) -> "Run":
-        """``capacity=None`` in ``config`` is derived for ``num_ranks`` (``default_capacity``)."""
+        """``capacity=None`` in ``config`` is derived for ``num_ranks`` (``default_capacity``).
+
+        ``num_ranks`` here and in every method is the plan's: *HDP* ranks, processes / (tp x pp)."""
         check_extras(config)
         cfg = model_shape(config)
         data = load_training_data(config.data, config.tokenizer, config.text_field)
         check_vocab(data.tokenizer, data.vocab_size, cfg.vocab_size, config.hf_model or config.model)
         stream = BatchStream(data.corpus, config.global_batch_tokens, config.max_seq_len, config.seed)
-        cost = build_cost_model(cfg, config.profile, recompute=config.recompute, dtype=config.dtype)
+        cost = build_cost_model(cfg, config.profile, tp=config.tp, pp=config.pp, recompute=config.recompute,
+                                dtype=config.dtype)
         run = cls(config, stream, cost, data)
         if config.capacity is None:
             if num_ranks is None:
@@ -116,7 +119,8 @@ class Run:
         c = self.config
         assert c.capacity is not None
         cost = dataclasses.replace(self.cost, zero=c.zero_for(num_ranks))
-        host = host_memory(min(num_ranks, self.ranks_per_node(num_ranks)))
+        processes = num_ranks * c.tp * c.pp  # this machine's processes share its RAM
+        host = host_memory(min(processes, self.ranks_per_node(processes)))
         memory: RankMemory | None = host
         if device is not None and getattr(device, "type", None) != "cpu":
             memory = None if device == "accelerator" else accelerator_memory(device)

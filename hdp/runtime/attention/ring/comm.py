@@ -1,6 +1,8 @@
 """Point-to-point transfers around one ring, with hdp's own deadline and named errors.
 
-Peers are addressed by their *global* rank (from the plan's ring member list); there is no process
+Peers are named by the plan's HDP rank (the ring's member list) and addressed by their *global* rank:
+with ``--tp``/``--pp`` the process of this rank's (stage, TP index) coordinate
+(``Groups.global_rank``), else the same number. There is no process
 group per ring and no barrier. Rings are dynamic (a new set every step), and creating groups per
 step would itself be a collective over all ranks. Each stream posts on one of the run's groups,
 made once at start-up (``hdp.runtime.parallel.groups``): ``group=`` of every P2P op.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -63,7 +66,7 @@ class RingComm:
 
     def __init__(
         self, ring_id: int, mb_index: int, prev_rank: int, next_rank: int, timeout_s: float | None = 60.0,
-        group: dist.ProcessGroup | None = None,
+        group: dist.ProcessGroup | None = None, to_global: Callable[[int], int] | None = None,
     ) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
@@ -74,6 +77,8 @@ class RingComm:
         self.timeout_s = timeout_s
         self.group = group
         """The process group every op of this stream posts on (None: the default group)."""
+        self.to_global = to_global if to_global is not None else (lambda r: r)
+        """The plan's HDP rank -> the global rank of this coordinate's process (identity in plain HDP)."""
         self._queued: list[dist.P2POp] = []
         self._peers: list[tuple[str, int]] = []
         self._works: list[tuple[object, str, int]] | None = None
@@ -89,7 +94,7 @@ class RingComm:
         return self.exchange(to_send, self.next_rank, recv, self.prev_rank, tag)
 
     def exchange(self, to_send: torch.Tensor, dst: int, recv: torch.Tensor, src: int, tag: int = 0) -> torch.Tensor:
-        """Queue sending ``to_send`` to global rank ``dst`` and receiving into ``recv`` from ``src``.
+        """Queue sending ``to_send`` to HDP rank ``dst`` and receiving into ``recv`` from ``src`` (``to_global``).
 
         The general form of ``send_recv`` for rings whose blocks do not all travel to ``next_rank``
         (two-level: inner and outer neighbours; bidirectional: both directions). Same rules.
@@ -99,6 +104,7 @@ class RingComm:
         if not recv.is_contiguous():
             raise ValueError("the receive buffer must be contiguous")
         to_send = to_send.contiguous()
+        dst, src = self.to_global(dst), self.to_global(src)
         self._buffers += [to_send, recv]
         if to_send.numel() > 0:
             self._queued.append(dist.P2POp(dist.isend, to_send, dst, self.group, tag=tag))

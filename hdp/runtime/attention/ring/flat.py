@@ -102,7 +102,7 @@ class RingContext:
             slot, groups = self.slot, self.groups
             group = groups.second if name in SECOND_GROUP_STREAMS else groups.world
             comm = self._comms[name] = RingComm(slot.ring_id, self.mb_index, slot.prev_rank, slot.next_rank,
-                                                self.timeout_s, group)
+                                                self.timeout_s, group, groups.global_rank)
         return comm
 
     def block(self, role: str, member: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
