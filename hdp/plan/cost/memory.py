@@ -130,3 +130,14 @@ def activation_bytes_per_token(model: ModelConfig, layers: int, *, tp: int = 1, 
 
 def format_bytes(n: float) -> str:
     return f"{n / 1e9:,.1f} GB"
+
+
+def stage_layers(num_layers: int, pp: int, stage: int) -> range:
+    """The layers pipeline stage ``stage`` of ``pp`` holds: contiguous, the first ``num_layers % pp``
+    stages one more (so no stage holds more than ``ceil(num_layers / pp)``, the cost model's
+    ``CostModel.layers``). Stage 0 also holds the embedding, the last stage the final norm and LM head."""
+    if not 1 <= pp <= num_layers or not 0 <= stage < pp:
+        raise ValueError(f"stage {stage} of --pp {pp}: pp must be in [1, {num_layers}] (the model's layers)")
+    base, extra = divmod(num_layers, pp)
+    start = stage * base + min(stage, extra)
+    return range(start, start + base + (1 if stage < extra else 0))
