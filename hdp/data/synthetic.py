@@ -67,6 +67,8 @@ def read_lengths(path: str) -> list[int]:
             lines = f.readlines()
     except OSError as e:
         raise ValueError(f"cannot read lengths file {path!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"lengths file {path!r} is not text: give one integer length per line") from None
     out = []
     for no, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
