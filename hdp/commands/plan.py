@@ -96,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="planner preset (table below; default auto, the fastest by the estimate; hdp train "
                         "defaults to hdp, one planner per step)")
     add_pp(p, "pipeline stages per HDP rank: every rank is a 1F1B pipeline when P > 1 (default 1)")
+    p.add_argument("--tp", type=int, default=1, metavar="T",
+                   help="tensor-parallel size of one HDP rank: its FLOPs, activations and model states are split T "
+                        "ways; --ranks counts HDP ranks, each of T x P GPUs (default 1)")
     p.add_argument("--balance", choices=("dp", "pp"), default=None,
                    help="kept for old scripts: the scheduler balances pipelines exactly when --pp > 1")
     p.add_argument("--balance-by", choices=("work", "time"), default="work",
@@ -199,8 +202,8 @@ def _umask() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pp < 1:
-        raise ValueError(f"--pp must be >= 1, got {args.pp}")
+    if args.pp < 1 or args.tp < 1:
+        raise ValueError(f"--tp and --pp must be >= 1, got {args.tp} and {args.pp}")
     if args.balance == "dp" and args.pp != 1:
         raise ValueError("--balance dp contradicts --pp > 1: drop --balance (pipelines are balanced when --pp > 1)")
     strategy = get_strategy(args.strategy, offload=args.offload).replace(balance_by=args.balance_by)
@@ -208,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
     check_tokenizer_flags(args)
     model = model_from_args(args)
     lengths, max_len = load_workload(args, model)
-    cost = build_cost_model(model, args.profile, pp=args.pp, zero=args.zero, recompute=args.recompute)
+    cost = build_cost_model(model, args.profile, tp=args.tp, pp=args.pp, zero=args.zero, recompute=args.recompute)
+    if cost.model.num_heads % args.tp:
+        raise ValueError(f"--tp {args.tp} does not divide {cost.model.name}'s {cost.model.num_heads} attention heads")
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     capacity = args.capacity if args.capacity is not None else cost.derived_capacity(args.ranks)
@@ -217,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     from hdp.plan.estimate import area_floor
     from hdp.plan.cost.topology import Topology
 
-    topology = Topology(max(1, args.gpus_per_node // args.pp), args.ring_algo, kv_heads=cost.model.num_kv_heads)
+    topology = Topology(max(1, args.gpus_per_node // (args.tp * args.pp)), args.ring_algo, kv_heads=cost.model.num_kv_heads)
     start = time.perf_counter()
     try:
         plan = make_plan(lengths, args.ranks, capacity, cost, strategy, max_len=max_len, seed=args.seed,
