@@ -110,3 +110,25 @@ def test_micro_batch_aux_is_transformers_load_balancing_loss_and_depends_on_the_
 def test_a_dense_model_refuses_router_flags_in_one_line(capsys, flag):
     code, _, err = run_main(capsys, "train", "--model", "tiny", "--nproc", "1", "--steps", "1", *flag)
     assert code == 2 and "model tiny is dense" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _moe_configs() -> dict:
+    from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+    small = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return {
+        "qwen2_moe-shared": (Qwen2MoeConfig(**small, shared_expert_intermediate_size=32),
+                             "shared experts (shared_expert_intermediate_size 32) are not in hdp's cost model"),
+        "mixtral-jitter": (MixtralConfig(**small, router_jitter_noise=0.1), "router_jitter_noise 0.1 makes routing random"),
+        "qwen3_moe-dense-layers": (Qwen3MoeConfig(**small, mlp_only_layers=[0]), "dense layers among the MoE layers"),
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["qwen2_moe-shared", "mixtral-jitter", "qwen3_moe-dense-layers"])
+def test_moe_configs_hdp_cannot_train_exactly_are_refused_in_one_line(case, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    config, message = _moe_configs()[case]
+    config.save_pretrained(tmp_path / case)
+    code, _, err = run_main(capsys, "train", "--hf-model", str(tmp_path / case), "--steps", "1", "--nproc", "1")
+    assert code == 2 and message in err and err.count("\n") == 1, err

@@ -8,7 +8,11 @@ one, ``position_ids`` = the tokens' true positions, the layout as a forward keyw
 
 Only what hdp attention computes exactly is accepted: decoder-only Llama, Qwen2, Qwen3 and Mistral
 models with full causal attention (no sliding window shorter than the sequences, no soft-capping, no
-attention dropout) and RoPE that depends on the position alone.
+attention dropout) and RoPE that depends on the position alone; and the mixture-of-experts families
+Mixtral, Qwen2-MoE (without shared experts) and Qwen3-MoE with every layer sparse and no router
+jitter. Their modelling code runs unpatched too: forward hooks on each layer's router (``mlp.gate``,
+which returns transformers' (logits, weights, experts)) record the model's own routing for the
+router losses (``Routing``, as the built-in layer records it).
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hdp.plan.cost.hf_config import hf_model_shape
+from hdp.plan.cost.hf_config import MOE_FAMILIES, hf_model_shape
 from hdp.plan.cost.model_config import ModelConfig
 from hdp.runtime.model.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, register
 from hdp.runtime.model.decoder import LayerContext
+from hdp.runtime.model.moe import Routing
 
-SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", *MOE_FAMILIES)
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -75,7 +80,7 @@ def check_supported(config: Any, max_seq_len: int, path: str = "the model") -> N
     if layer_types - {"full_attention"}:
         raise ValueError(f"{path}: layers of type {sorted(layer_types - {'full_attention'})} (sliding window "
                          f"{window}) are not supported; hdp attention is full causal attention")
-    if kind == "mistral" and window is not None and window < max_seq_len:
+    if kind in ("mistral", "mixtral") and window is not None and window < max_seq_len:
         raise ValueError(f"{path}: sliding_window {window} is shorter than --max-seq-len {max_seq_len} and hdp "
                          f"attention has no sliding window: set --max-seq-len <= {window} or sliding_window to null")
     rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
@@ -87,12 +92,30 @@ def check_supported(config: Any, max_seq_len: int, path: str = "the model") -> N
     for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(config, cap, None):
             raise ValueError(f"{path}: {cap} is not supported")
+    if kind in MOE_FAMILIES:
+        check_moe(config, path)
+
+
+def check_moe(config: Any, path: str) -> None:
+    """What the router losses and the cost model need of an MoE config: every layer sparse, routing a
+    function of the token alone (no jitter), no shared experts (the cost model has none), full attention."""
+    if getattr(config, "router_jitter_noise", 0.0):
+        raise ValueError(f"{path}: router_jitter_noise {config.router_jitter_noise} makes routing random; set it to 0")
+    if getattr(config, "shared_expert_intermediate_size", 0):
+        raise ValueError(f"{path}: shared experts (shared_expert_intermediate_size "
+                         f"{config.shared_expert_intermediate_size}) are not in hdp's cost model; set it to 0")
+    if getattr(config, "decoder_sparse_step", 1) != 1 or getattr(config, "mlp_only_layers", None):
+        raise ValueError(f"{path}: dense layers among the MoE layers (decoder_sparse_step "
+                         f"{config.decoder_sparse_step}, mlp_only_layers {config.mlp_only_layers}) are not supported: "
+                         "hdp's shape has one kind of layer")
+    if getattr(config, "use_sliding_window", False):
+        raise ValueError(f"{path}: use_sliding_window is not supported; hdp attention is full causal attention")
 
 
 def model_shape(config: Any, name: str) -> ModelConfig:
     """The planner's view of the model (cost model, capacity): the one ``hdp plan --hf-model`` reads
     from config.json without transformers (``hdp.plan.cost.hf_config``)."""
-    return hf_model_shape(config, name)
+    return hf_model_shape(config, name)  # with experts, top_k and each expert's width for the MoE families
 
 
 class HFCausalLM(nn.Module):
@@ -104,6 +127,15 @@ class HFCausalLM(nn.Module):
         hf.set_attn_implementation(ATTN_IMPLEMENTATION)  # transformers' own switch (checks the name is registered)
         self.hf = hf
         self.cfg = model_shape(hf.config, name)
+        self.routing: list[Routing] = []
+        """Each MoE layer's routing in the last forward, in layer order (empty for a dense model)."""
+        if self.cfg.is_moe:
+            for layer in self.layers:
+                layer.mlp.gate.register_forward_hook(self._record_routing)
+
+    def _record_routing(self, _gate: nn.Module, _args: Any, out: tuple[torch.Tensor, ...]) -> None:
+        """transformers' router returns (logits [T, E], top-k weights, top-k experts [T, k])."""
+        self.routing.append(Routing(out[0], out[2]))
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -111,6 +143,7 @@ class HFCausalLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
                 layer_context: LayerContext | None = None) -> torch.Tensor:
+        self.routing = []  # a recomputed layer (--recompute full) appends again in backward, after the loss read it
         with _layer_hooks(self.layers, layer_context):
             out = self.hf(input_ids=tokens[None], position_ids=positions[None], use_cache=False,
                           **{LAYOUT_KWARG: layout})
@@ -154,6 +187,12 @@ def _layer_hooks(layers: nn.ModuleList, layer_context: LayerContext | None):
             open_.pop().close()
 
 
+def _experts_kwargs(config: Any, dtype: torch.dtype) -> dict[str, str]:
+    """transformers' looped experts for a float64 MoE model: its default grouped GEMM has no float64."""
+    moe = getattr(config, "model_type", None) in MOE_FAMILIES
+    return {"experts_implementation": "eager"} if moe and dtype == torch.float64 else {}
+
+
 def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.device, seed: int,
                    max_seq_len: int = 1 << 30, recompute: bool = False) -> HFCausalLM:
     """Load ``source`` (a directory, or a config object) with hdp attention; weights if present, else random.
@@ -174,14 +213,16 @@ def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.devic
         try:
             with _quiet_transformers():
                 hf = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype,
-                                                          attn_implementation=ATTN_IMPLEMENTATION)
+                                                          attn_implementation=ATTN_IMPLEMENTATION,
+                                                          **_experts_kwargs(config, dtype))
         except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers each raise their own types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"--hf-model {str(source)!r}: cannot load its weights ({type(e).__name__}: {first[:200]})") from None
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            hf = AutoModelForCausalLM.from_config(config, attn_implementation=ATTN_IMPLEMENTATION, dtype=dtype)
+            hf = AutoModelForCausalLM.from_config(config, attn_implementation=ATTN_IMPLEMENTATION, dtype=dtype,
+                                                  **_experts_kwargs(config, dtype))
     hf.train()
     if recompute:  # transformers' own per-layer checkpointing, non-reentrant like the built-in model's
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
