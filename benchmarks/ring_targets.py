@@ -22,7 +22,8 @@ hdp-wide can fall below it.
         --noise-seeds 3 --out benchmarks/results/ring_targets_jitter.json   # every kernel noisy (hdp.sim.noise)
 
 With ``--jitter J`` every plan is timed under ``--noise-seeds`` seeds of kernel noise and each row's
-``step_time_s`` is the mean over them (``step_time_worst_s`` the worst); the plans are the same.
+``step_time_s`` is the mean over them (``step_time_worst_s`` the worst, ``step_time_clean_s`` the
+same plan without noise: ``auto_ranges_clean``); the plans are the same as without --jitter.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], toke
             t0 = time.perf_counter()
             sim = simulate([lengths], cluster, cost, capacity, [s], 2**21, seed, ring_algo=algo, noise=noise,
                            noise_seeds=noise_seeds)
-            extra = {"step_time_worst_s": sim.table[s]["step_time_worst_s"]} if noise and s in sim.table else {}
+            extra = ({k: sim.table[s][k] for k in ("step_time_worst_s", "step_time_clean_s")}
+                     if noise and s in sim.table else {})
             cell[s] = row(sim.table, s) | extra | {"wall_s": time.perf_counter() - t0}
         out["by_algo"][algo] = cell
     return out
@@ -125,26 +127,31 @@ def main() -> int:
                 print("\n".join(report(cells[-1])), flush=True)
     summary = auto_ranges(cells)
     print("\n".join(summary["lines"]))
+    if noise:
+        clean = auto_ranges(cells, "step_time_clean_s")
+        print("without noise (the same plans):\n" + "\n".join(clean["lines"]))
     with open(args.out, "w") as f:
-        extra = {"jitter": args.jitter, "noise_seeds": args.noise_seeds} if noise else {}
+        extra = ({"jitter": args.jitter, "noise_seeds": args.noise_seeds, "auto_ranges_clean": clean["ranges"]}
+                 if noise else {})
         json.dump({"model": args.model, "tp": args.tp, "max_len": 2**21, "seeds": args.seeds, **extra, "cells": cells,
                    "auto_ranges": summary["ranges"]}, f, indent=1)
     print(f"wrote {args.out}")
     return 0
 
 
-def auto_ranges(cells: list[dict]) -> dict:
+def auto_ranges(cells: list[dict], key: str = "step_time_s") -> dict:
     """Per (GPUs, distribution, algorithm): min-max over seeds of auto's simulated speedup over pow2
-    and static with the same ring algorithm, and its geometric mean over pow2."""
+    and static with the same ring algorithm, and its geometric mean over pow2; ``key``: which step
+    time (``step_time_clean_s``: the noiseless one of a --jitter run)."""
     groups: dict[str, dict[str, list[float]]] = {}
     for cell in cells:
         for algo, c in cell["by_algo"].items():
-            if "step_time_s" not in c.get("auto", {}):
+            if key not in c.get("auto", {}):
                 continue
             g = groups.setdefault(f"{cell['gpus']} {cell['dist']} {algo}", {})
             for base in ("pow2", "static", "hdp"):
-                if c.get(base, {}).get("step_time_s"):
-                    g.setdefault(base, []).append(c[base]["step_time_s"] / c["auto"]["step_time_s"])
+                if c.get(base, {}).get(key):
+                    g.setdefault(base, []).append(c[base][key] / c["auto"][key])
     lines, ranges = [], {}
     for key, by in groups.items():
         ranges[key] = {base: {"min": min(v), "max": max(v), "geomean": math.prod(v) ** (1 / len(v)), "n": len(v)}

@@ -46,11 +46,13 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
 
     ``noise`` (when active) times every plan ``noise_seeds`` times, noise seeds ``noise.seed ..
     noise.seed + noise_seeds - 1``: the table's figures are means over steps and noise seeds, with
-    ``step_time_mean_s`` / ``step_time_worst_s`` the mean and worst over noise seeds of the mean step.
+    ``step_time_mean_s`` / ``step_time_worst_s`` the mean and worst over noise seeds of the mean step,
+    ``step_time_clean_s`` the same plans' mean step without noise.
     Without active noise every seed would give the same numbers: the plans are timed once."""
     if noise_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {noise_seeds}")
-    seeds = noise_seeds if noise is not None and noise.active else 1
+    seeds_noisy = noise is not None and noise.active
+    seeds = noise_seeds if seeds_noisy else 1
     if cost.tp != cluster.tp or cost.pp != cluster.pp:
         raise ValueError("the cost model and the cluster disagree on tp/pp")
     start = time.perf_counter()
@@ -63,6 +65,7 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
         runs.append((get_strategy("static"), cluster.topology("flat"), "static-flat"))
     for strategy, topo, name in runs:
         by_seed: list[list[StepResult]] = [[] for _ in range(seeds)]
+        clean_steps: list[float] = []
         planning = 0.0
         rings = max_ring = 0
         try:
@@ -72,6 +75,8 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
                                  topology=topo)
                 planning += time.perf_counter() - t0
                 clean = clean_times(plan, cost, cluster)
+                if seeds_noisy:
+                    clean_steps.append(simulate_step(plan, cost, cluster, None, step, clean).step_time_s)
                 for j, runs_of in enumerate(by_seed):
                     noisy = noise.with_seed(noise.seed + j) if noise is not None else None
                     runs_of.append(simulate_step(plan, cost, cluster, noisy, step, clean))
@@ -88,6 +93,8 @@ def simulate(batches: list[list[int]], cluster: Cluster, cost: CostModel, capaci
         per_seed = [sum(r.step_time_s for r in runs_of) / len(runs_of) for runs_of in by_seed]
         table[name] |= {"step_time_mean_s": sum(per_seed) / seeds, "step_time_worst_s": max(per_seed),
                         "noise_seeds": seeds}
+        if clean_steps:
+            table[name]["step_time_clean_s"] = sum(clean_steps) / len(clean_steps)
         last[name] = by_seed[0][-1]
     skipped.pop("static-flat", None)  # static itself is skipped for the same reason
     static_flat = table.pop("static-flat", None)

@@ -105,11 +105,26 @@ class Draws:
         v = min(u ** (1.0 / n), 1.0 - 2.0 ** -53)
         return math.exp(self.sigma * _PHI_INV(v) + self._shift)
 
+    def max_of_many(self, n: int, count: int) -> list[float]:
+        """``count`` independent ``max_of(n)`` (the same stream, drawn in one go)."""
+        if self.sigma == 0 or n <= 0:
+            return [1.0] * count
+        rnd, inv, exp, e = self._rng.random, _PHI_INV, math.exp, 1.0 / n
+        sigma, shift, top, tiny = self.sigma, self._shift, 1.0 - 2.0 ** -53, 2.0 ** -53
+        return [exp(sigma * inv(min((rnd() or tiny) ** e, top)) + shift) for _ in range(count)]
+
+    def ring_steps(self, normal: int, slow: int, x: float, count: int) -> list[float]:
+        """``count`` ring steps' factors (``ring_step``)."""
+        if not slow:
+            return self.max_of_many(normal, count)
+        return [self.ring_step(normal, slow, x) for _ in range(count)]
+
     def ring_step(self, normal: int, slow: int, x: float) -> float:
         """A ring step's factor: ``normal`` members at 1x, ``slow`` at ``x``; the slowest sets it."""
+        if not slow:
+            return self.max_of(normal)
         a = self.max_of(normal) if normal else 0.0
-        b = x * self.max_of(slow) if slow else 0.0
-        return max(a, b)
+        return max(a, x * self.max_of(slow))
 
 
 def apply_noise(plan: Plan, cost: CostModel, cluster: Cluster, noise: Noise, step: int,
@@ -159,12 +174,14 @@ def _ring_attention(plan: Plan, rings: tuple[int, ...], t: MicroBatchTime, strag
     slow = sum(1 for m in members if strag[m] != 1.0)
     normal = len(members) - slow
     kmax = max(rt.k for _, rt in t.tiles)
+    sizes = sorted({rt.k for _, rt in t.tiles})
     total = 0.0
-    for _ in range(layers):
-        for w in passes:
-            prefix = [0.0]
-            for _s in range(kmax):
-                prefix.append(prefix[-1] + draws.ring_step(normal, slow, x))
-            for _, rt in t.tiles:
-                total += w * (rt.local_s * prefix[1] + rt.other_s * (prefix[rt.k] - prefix[1]))
+    every = draws.ring_steps(normal, slow, x, layers * len(passes) * kmax)
+    for j in range(layers * len(passes)):
+        w = passes[j % len(passes)]
+        factors = every[j * kmax:(j + 1) * kmax]
+        first = factors[0]
+        upto = dict(zip(sizes, (math.fsum(factors[:k]) for k in sizes)))
+        for _, rt in t.tiles:
+            total += w * (rt.local_s * first + rt.other_s * (upto[rt.k] - first))
     return total
