@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "hdp"
 
 # Runtime layers, lowest first: a module may import its own layer or a lower one (hdp/runtime/__init__.py).
-RUNTIME_LAYERS = ("config", "parallel", "attention", "model", "offload", "optim", "checkpoint", "train",
+RUNTIME_LAYERS = ("config", "parallel", "attention", "model", "offload", "pipeline", "optim", "checkpoint", "train",
                   "observe", "launch", "dryrun")
 # hdp's top-level parts that must never reach into the runtime, and those that must never touch torch.
 NO_RUNTIME = ("hdp.plan", "hdp.sim", "hdp.data")
