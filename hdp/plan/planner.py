@@ -114,16 +114,23 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
 
 @contextmanager
 def _no_cycle_collection() -> Iterator[None]:
-    """Python's cycle collector paused while a plan is built.
+    """Python's cycle collector paused while a plan is built, and what it built handed to the
+    oldest generation.
 
     A plan at 16,384 ranks is millions of small objects (segments, jobs, micro-batches) made in one
-    go; each full collection walks all of them, which cost a third of static's and auto's planning
-    time (benchmarks/plan_speed.py). Nothing is freed late for good: the collector runs again after."""
+    go; each collection walks all of them, which cost a third of static's and auto's planning time
+    (benchmarks/plan_speed.py), and re-enabled the collector's next young-generation pass would walk
+    them all again. ``freeze`` + ``unfreeze`` moves every tracked object to the oldest generation
+    without a pass (nothing stays frozen; skipped when the caller froze objects itself): they are
+    collected as usual at its next full collection."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
         if was_enabled:
             gc.enable()
 

@@ -9,6 +9,8 @@ The planner, the validator, the runtime layout and ring attention all derive pie
 from __future__ import annotations
 
 import math
+from itertools import islice, repeat
+from operator import add, floordiv, sub
 
 from hdp.plan.types import Segment
 
@@ -30,29 +32,35 @@ def member_segments(seq: int, length: int, ring_size: int, position: int) -> tup
 
 
 def _cuts(length: int, ring_size: int) -> list[int]:
-    """The 2k + 1 piece boundaries at once: piece j is ``[cuts[j], cuts[j + 1])``."""
+    """The 2k + 1 piece boundaries at once: piece j is ``[cuts[j], cuts[j + 1])`` (one C-level
+    pass: a static mesh cuts thousands of sequences into a thousand pieces each)."""
     n = 2 * ring_size
-    return [(j * length) // n for j in range(n + 1)]
+    return list(map(floordiv, range(0, (n + 1) * length, length), repeat(n, n + 1))) if length else [0] * (n + 1)
 
 
 def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, ...]]:
     """``member_segments`` of every position at once: what a plan with thousands of members per
     ring is built from."""
-    c, n = _cuts(length, ring_size), 2 * ring_size
-    out = []
-    for i in range(ring_size):
-        a, b, x, y = c[i], c[i + 1], c[n - 1 - i], c[n - i]
-        if b > a and y > x:
-            out.append((Segment(seq, a, b), Segment(seq, x, y)))
-        else:  # a piece with no tokens has no segment (rule 2)
-            out.append(tuple(Segment(seq, p, q) for p, q in ((a, b), (x, y)) if q > p))
+    k, n = ring_size, 2 * ring_size
+    if length >= n:  # every piece holds at least floor(L / 2k) >= 1 token: pair them without a check
+        c = _cuts(length, k)
+        pieces = list(map(tuple.__new__, repeat(Segment, n), zip(repeat(seq, n), c, islice(c, 1, None))))
+        return list(zip(pieces[:k], pieces[:k - 1:-1]))
+    # Fewer tokens than pieces: each non-empty piece is one token, t in piece j = ceil((t+1) 2k / L) - 1;
+    # walking the tokens in order gives each member its early piece before its mirror.
+    out: list[tuple[Segment, ...]] = [()] * k
+    for t in range(length):
+        j = -(-(t + 1) * n // length) - 1
+        i = j if j < k else n - 1 - j
+        out[i] = out[i] + (Segment(seq, t, t + 1),)
     return out
 
 
 def member_shares(length: int, ring_size: int) -> list[int]:
     """Tokens each ring member holds; within 2 tokens of L/k."""
-    c, n = _cuts(length, ring_size), 2 * ring_size
-    return [c[i + 1] - c[i] + c[n - i] - c[n - 1 - i] for i in range(ring_size)]
+    c, k = _cuts(length, ring_size), ring_size
+    d = list(map(sub, islice(c, 1, None), c))
+    return list(map(add, d[:k], d[:k - 1:-1]))
 
 
 def max_member_tokens(length: int, ring_size: int) -> int:

@@ -10,6 +10,7 @@ a planner that compares candidates builds only the plan it keeps.
 from __future__ import annotations
 
 import dataclasses
+from itertools import chain
 from dataclasses import dataclass, field
 
 from hdp.plan.cost.cost_model import CostModel
@@ -108,16 +109,34 @@ class Draft:
         rings = tuple(Ring(i, s, tuple(m), algo)
                       for i, (s, m, algo) in enumerate(zip(self.ring_seq, self.ring_ranks, self.ring_algos(topology))))
         by_members: dict[tuple[int, ...], dict[int, int]] = {}
-        position = [by_members.setdefault(tuple(m), {r: i for i, r in enumerate(m)}) for m in self.ring_ranks]
+        position = []  # each ring's member -> zig-zag position, one dict per member set
+        for m in self.ring_ranks:
+            key = tuple(m)
+            pos = by_members.get(key)
+            if pos is None:
+                pos = by_members[key] = {r: i for i, r in enumerate(m)}
+            position.append(pos)
         pieces = [ring_segments(s, self.lengths[s], len(m)) for s, m in zip(self.ring_seq, self.ring_ranks)]
+        shared: dict[tuple[int, ...], dict[int, tuple[Segment, ...]] | None] = {}
         rank_plans = []
         for rank, mbs in enumerate(self.ranks):
             out = []
             for mb in mbs:
-                segs: list[Segment] = []
-                for g in mb.rings:
-                    segs.extend(pieces[g][position[g][rank]])
-                segs.extend(Segment(s, 0, self.lengths[s]) for s in mb.whole)
+                segs: list[Segment] | tuple[Segment, ...]
+                if len(mb.rings) > 1:
+                    key = tuple(mb.rings)
+                    if key not in shared:
+                        shared[key] = _columns(key, position, pieces)
+                    cols = shared[key]
+                if len(mb.rings) > 1 and cols is not None:
+                    segs = cols[rank]
+                    if mb.whole:
+                        segs = segs + tuple(Segment(s, 0, self.lengths[s]) for s in mb.whole)
+                else:
+                    segs = []
+                    for g in mb.rings:
+                        segs.extend(pieces[g][position[g][rank]])
+                    segs.extend(Segment(s, 0, self.lengths[s]) for s in mb.whole)
                 out.append(MicroBatch(tuple(segs), tuple(mb.rings), offload_ratio_of(mb.offload_layers, cost.layers),
                                       mb.token_limit or self.capacity, mb.offload_layers))
             rank_plans.append(RankPlan(rank, tuple(out)))
@@ -134,6 +153,18 @@ class Draft:
         )
         predicted, bound = timed or self.estimate(cost, stages, topology)
         return dataclasses.replace(plan, predicted_step_time_s=predicted, lower_bound_s=bound)
+
+
+def _columns(rings: tuple[int, ...], position: list[dict[int, int]],
+             pieces: list[list[tuple[Segment, ...]]]) -> dict[int, tuple[Segment, ...]] | None:
+    """Every member's segments of a micro-batch of several rings over the same members (a static
+    mesh's micro-batch: hundreds of rings on a CP group), ring by ring, built at once per member
+    set instead of once per rank; None when the rings' members differ."""
+    pos = position[rings[0]]
+    if any(position[g] is not pos for g in rings):
+        return None
+    columns = zip(*(pieces[g] for g in rings))  # position i -> the i-th member's pieces of each ring
+    return dict(zip(pos, map(tuple, map(chain.from_iterable, columns))))
 
 
 def _exposures(draft: Draft, cost: CostModel, topology: Topology) -> list[float]:
