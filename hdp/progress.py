@@ -26,6 +26,8 @@ class Progress:
                  start: int = 0, transient: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.total = total
+        self.done = start
+        """Units finished so far (a resumed run starts at the steps already done)."""
         self.every = every or (None if _is_terminal(self.stream) else 1)
         """Lines every N units; None draws the bar."""
         self._bar = None
@@ -47,6 +49,7 @@ class Progress:
 
     def update(self, done: int, description: str, line: Callable[[], str]) -> None:
         """``done`` units finished; the bar shows ``description``, a log gets ``line()`` when it is due."""
+        self.done = done
         if self._bar is not None:
             self._bar.update(self._task, completed=done, description=description)
         elif self.every is not None and (done % self.every == 0 or done == self.total):

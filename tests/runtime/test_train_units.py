@@ -119,8 +119,8 @@ def test_a_resumed_runs_progress_bar_starts_at_the_steps_already_done(tmp_path):
 
     rep = Reporter(TrainConfig(steps=5, metrics=str(tmp_path / "m.jsonl")), enabled=True, start_step=3)
     try:
-        assert rep._progress.tasks[0].completed == 3 and rep._progress.tasks[0].total == 5
+        assert rep._progress.done == 3 and rep._progress.total == 5
         rep.step({"step": 3, "loss": 1.0, "tokens_per_s": 10.0})
-        assert rep._progress.tasks[0].completed == 4
+        assert rep._progress.done == 4
     finally:
         rep.close()
