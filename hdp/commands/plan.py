@@ -206,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tp and --pp must be >= 1, got {args.tp} and {args.pp}")
     if args.balance == "dp" and args.pp != 1:
         raise ValueError("--balance dp contradicts --pp > 1: drop --balance (pipelines are balanced when --pp > 1)")
-    strategy = get_strategy(args.strategy, offload=args.offload).replace(balance_by=args.balance_by)
+    strategy = get_strategy(args.strategy, offload=args.offload)
+    if strategy.balance_by == "work":  # hdp-wide-time balances time whatever --balance-by says
+        strategy = strategy.replace(balance_by=args.balance_by)
     check_memory_arguments(args)
     check_tokenizer_flags(args)
     model = model_from_args(args)
@@ -220,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus_per_node < 1:
         raise ValueError(f"--gpus-per-node must be >= 1, got {args.gpus_per_node}")
     from hdp.plan.estimate import area_floor
+    from hdp.plan.floor import joint_floor
     from hdp.plan.cost.topology import Topology
 
     topology = Topology(max(1, args.gpus_per_node // (args.tp * args.pp)), args.ring_algo, kv_heads=cost.model.num_kv_heads)
@@ -236,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ValueError(f"cannot write {args.out!r}: {e.strerror or e}") from None
     info = summary(plan, planning_time, area_floor(lengths, args.ranks, capacity, cost))
+    # The communication-aware bound of every strategy (docs/plan-format.md, "What the bounds cover").
+    info["joint_floor_s"] = joint_floor(lengths, args.ranks, capacity, cost, topology, plan.predicted_step_time_s)
     if args.json:
         json.dump(info, sys.stdout)
         sys.stdout.write("\n")

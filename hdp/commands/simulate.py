@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             "simulation_time_s": sim.simulation_time_s, "plots": plots,
             "jitter": noise.jitter, "straggler": args.straggler, "noise_seeds": args.seeds,
         }
+        out["joint_floor_s"] = _joint_floor(batches, cluster, cost, capacity, args.ring_algo, sim.table)
         if sim.static_flat:
             out["static_flat"] = sim.static_flat
         if notes:
@@ -171,6 +172,17 @@ def run(args: argparse.Namespace) -> int:
         for p in plots:
             print(f"wrote {p}")
     return 0
+
+
+def _joint_floor(batches: list[list[int]], cluster: Cluster, cost, capacity: int, ring_algo: str,
+                 table: dict[str, dict]) -> float:
+    """``hdp.plan.floor.joint_floor`` of each step with the planner's topology, averaged, plus the
+    gradient sync (like ``area_floor_s``): no strategy's plan is predicted faster than it."""
+    from hdp.plan.floor import joint_floor
+
+    topology = cluster.topology(ring_algo, max(1, cost.model.num_kv_heads // cost.tp))
+    floors = [joint_floor(b, cluster.num_ranks, capacity, cost, topology) for b in batches]
+    return sum(floors) / len(floors) + next(iter(table.values()))["grad_sync_s"]
 
 
 def build_noise(args: argparse.Namespace) -> Noise:
