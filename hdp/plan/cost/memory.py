@@ -74,6 +74,27 @@ def shard_numel(num_params: int, world_size: int, zero: int) -> int:
     return n // world_size if zero >= 1 else n
 
 
+def rank_num_params(model: ModelConfig, tp: int = 1, pp: int = 1, stage: int = 0) -> int:
+    """Parameters one process holds (the runtime's flat buffer before padding): its stage's layers
+    (``stage_layers``), the embedding on stage 0, final norm and LM head on the last; with ``tp``,
+    every matrix split ``tp`` ways (heads, MLP columns, vocabulary rows:
+    ``hdp.runtime.model.tensor_parallel``) and the norms (and a MoE router) whole on every TP rank."""
+    if tp < 1 or (tp > 1 and (model.num_heads % tp or model.num_kv_heads % tp or model.ffn_size % tp
+                              or model.vocab_size % tp)):
+        raise ValueError(f"--tp {tp} does not divide model {model.name}'s heads, ffn and vocabulary")
+    h = model.hidden_size
+    replicated_per_layer = 2 * h + model.router_params_per_layer
+    sharded_per_layer = model.params_per_layer - replicated_per_layer
+    layers = len(stage_layers(model.num_layers, pp, stage))
+    sharded, replicated = layers * sharded_per_layer, layers * replicated_per_layer
+    if stage == 0:
+        sharded += model.vocab_size * h
+    if stage == pp - 1:
+        sharded += model.vocab_size * h
+        replicated += h
+    return sharded // tp + replicated
+
+
 def state_bytes(num_params: int, *, dtype: str = "bfloat16", zero: int = 1, world_size: int = 1) -> StateBytes:
     """Bytes per rank of parameters, gradients and optimizer states (module docstring for the layout)."""
     check_options(dtype, zero, world_size)

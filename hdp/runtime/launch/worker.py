@@ -18,13 +18,14 @@ import torch
 import torch.distributed as dist
 
 from hdp.data.dump import BatchDump
-from hdp.plan.cost.memory import state_bytes as planned_state_bytes
+from hdp.plan.cost.memory import rank_num_params, state_bytes as planned_state_bytes
 from hdp.runtime.checkpoint.state import after_step, open_checkpoint
 from hdp.runtime.checkpoint.files import agent_attempt
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.optim.lr_schedule import lr_at
 from hdp.runtime.observe.memory_stats import local_memory, memory_fields, memory_record
 from hdp.runtime.model.source import build_train_model
+from hdp.runtime.model.tensor_parallel import TensorParallel
 from hdp.runtime.offload.activations import ActivationOffloader
 from hdp.runtime.launch.faults import Fault, maybe_kill
 from hdp.runtime.launch.accelerator import allocator_defaults, step_elapsed
@@ -162,14 +163,16 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     run.check_feasible(hdp, device)  # memory: this rank's own device
     groups = init_group(rank, world_size, device, config.timeout_s, check_agreement=torchrun and world_size > 1,
                         mesh=mesh)
-    model = build_train_model(config, device)
+    tp = TensorParallel(mesh.tp, groups.coord.tp, groups.tp) if mesh.tp > 1 else None
+    model = build_train_model(config, device, tp, stage=(groups.coord.stage, mesh.pp))  # --pp: this stage's layers
     fault = Fault.from_env()  # HDP_DEBUG_FAULT (hdp.runtime.launch.faults); None in normal runs
     if fault is not None:
         fault.install(model, rank)
-    zero = config.zero_for(world_size)
-    optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
+    zero = config.zero_for(hdp)  # sharded over this process's HDP pool
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero, groups=groups)
     ckpt, start_step = open_checkpoint(config, run.stream.corpus.doc_lengths, optimizer, rank, world_size)
-    planned = planned_state_bytes(optimizer.numel, dtype=config.dtype, zero=zero, world_size=world_size).total
+    planned = planned_state_bytes(rank_num_params(model.cfg, mesh.tp) if tp is not None else optimizer.numel,
+                                  dtype=config.dtype, zero=zero, world_size=hdp).total
     fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
              "planned_state_bytes": planned}
     offload = None
@@ -199,7 +202,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
                 fault.current_step = step
             try:
                 # This rank's memory so far rides in the step's plan check (no collective of its own).
-                result = train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
+                result = train_step(model, optimizer, plan, batch, rank=groups.coord.hdp, group=None, device=device,
                                     timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm, offload=offload,
                                     offload_layers=offload_layers, lr=lr, fold=local_memory(optimizer, device))
             except (PeerError, dist.DistError) as e:  # say where: step (the ring error names ring, micro-batch, peer)
@@ -233,6 +236,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         reporter.close()
         if dump is not None:
             dump.close()
+    if tp is not None and config.export_hf:  # every TP group gathers (collective); rank 0 writes
+        from hdp.runtime.model.decoder import gather_model
+
+        model = gather_model(model)
     if config.export_hf and rank == 0:
         from hdp.runtime.model.hf_export import export_hf
 

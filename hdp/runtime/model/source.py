@@ -6,6 +6,8 @@ Both give the train step the same interface (tokens, positions, layout -> logits
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -23,7 +25,23 @@ def model_shape(config: TrainConfig) -> ModelConfig:
 
         shape = hf_shape(load_hf_config(config.hf_model, config.max_seq_len), f"hf:{config.hf_model}")
     config.check_router_flags(shape.is_moe, config.hf_model or config.model)
+    check_tp_run(config, shape)
     return shape
+
+
+def check_tp_run(config: TrainConfig, shape: ModelConfig) -> None:
+    """What ``--tp`` > 1 cannot do yet, refused in one line before any process starts."""
+    if config.tp == 1:
+        return
+    from hdp.runtime.model.tensor_parallel import check_tp
+
+    if config.hf_model is not None:
+        raise ValueError(f"--tp {config.tp} with --hf-model: not supported yet (the built-in --model decoders "
+                         "run tensor parallel)")
+    check_tp(shape, config.tp, config.model)
+    if config.save_dir or config.resume:
+        raise ValueError(f"--tp {config.tp}: checkpoints (--save-dir/--resume) of tensor-parallel runs are not "
+                         "supported yet")
 
 
 def matmul_precision(device_type: str, dtype: torch.dtype) -> str | None:
@@ -43,16 +61,19 @@ def configure_matmul(device: torch.device, dtype: torch.dtype) -> str | None:
     return precision
 
 
-def build_train_model(config: TrainConfig, device: torch.device) -> nn.Module:
+def build_train_model(config: TrainConfig, device: torch.device, tp: Any = None,
+                      stage: tuple[int, int] = (0, 1)) -> nn.Module:
     """The model every rank builds identically (weights from the directory, or seeded from ``--seed``),
-    with its device's matmul precision set (``configure_matmul``: TF32 where float32 remains on CUDA)."""
+    with its device's matmul precision set (``configure_matmul``: TF32 where float32 remains on CUDA).
+    ``tp`` (a ``tensor_parallel.TensorParallel``): this rank's shards of the built-in decoder; ``stage``
+    (s, P) with ``--pp``: only pipeline stage s's layers."""
     configure_matmul(device, config.torch_dtype)
     model: nn.Module
     if config.hf_model is None:
         from hdp.runtime.model.decoder import build_model
 
         model = build_model(get_model(config.model), dtype=config.torch_dtype, device=device, seed=config.seed,
-                            recompute=config.recompute == "full")
+                            recompute=config.recompute == "full", tp=tp, stage=stage)
     else:
         from hdp.runtime.model.hf_model import build_hf_model
 

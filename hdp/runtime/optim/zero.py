@@ -16,6 +16,14 @@ owner broadcast. This is Megatron's distributed-optimizer pattern:
   the shards' sums of squares in one scalar all-reduce (the loss rides along), clip, AdamW on the
   shard (fp32 master weights for bf16), all-gather the updated parameters in place.
 
+With ``--tp``/``--pp`` (``hdp.runtime.parallel.mesh``) ``group`` is this process's HDP pool and the
+buffers hold its own shards of the model. Parameters replicated over the TP group (the norms) get
+*partial* gradients under sequence parallelism (each TP rank saw its own rows): they sit in one
+contiguous region of the buffer (sharded matrices, replicated matrices, replicated vectors, sharded
+vectors: decay stays a prefix), all-reduced over ``tp_group`` in one call before the pool's
+reduce-scatter. The norm and the scalars are then summed over the *world* (``scalars_over_world``),
+each replicated element counted by TP index 0 only (and, with zero 0, each element by pool rank 0).
+
 A rank with no micro-batch contributes zeros and still takes part. The shards (``master``,
 ``exp_avg``, ``exp_avg_sq``: ``S`` elements each, at offset ``r*S`` of a global flat tensor of
 ``Np`` elements; ``layout`` maps names to offsets) are what torch.distributed.checkpoint can save as
@@ -50,19 +58,26 @@ class ShardedAdamW:
 
     def __init__(self, model: nn.Module, *, lr: float, zero: int = 1, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 group: dist.ProcessGroup | None = None) -> None:
+                 group: dist.ProcessGroup | None = None, tp_group: dist.ProcessGroup | None = None,
+                 tp_rank: int = 0, replicated: frozenset[str] = frozenset(), scalars_over_world: bool = False) -> None:
         if zero not in (0, 1, 2):
             raise ValueError(f"--zero must be 0, 1 or 2, got {zero!r}")
         self.zero, self.lr, self.weight_decay, self.betas, self.eps, self.group = zero, lr, weight_decay, betas, eps, group
+        self.tp_group, self.tp_rank, self.scalars_over_world = tp_group, tp_rank, scalars_over_world
         self.world_size = dist.get_world_size(group) if dist.is_initialized() else 1
         self.rank = dist.get_rank(group) if dist.is_initialized() else 0
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        ordered = [x for x in named if x[1].ndim >= 2] + [x for x in named if x[1].ndim < 2]
+        rep = (lambda name: name in replicated) if tp_group is not None else (lambda name: False)
+        ordered = ([x for x in named if x[1].ndim >= 2 and not rep(x[0])] + [x for x in named if x[1].ndim >= 2 and rep(x[0])]
+                   + [x for x in named if x[1].ndim < 2 and rep(x[0])] + [x for x in named if x[1].ndim < 2 and not rep(x[0])])
         first = ordered[0][1]
         self.precision = Precision.for_dtype(first.dtype)
         self.device = first.device
         self.numel = sum(p.numel() for _, p in ordered)
         self.decay_numel = sum(p.numel() for _, p in ordered if p.ndim >= 2)
+        start = sum(p.numel() for n, p in ordered if p.ndim >= 2 and not rep(n))
+        self.replicated_range = (start, start + sum(p.numel() for n, p in ordered if rep(n)))
+        """Flat range of the TP-replicated parameters (empty without a TP group)."""
         self.padded_numel = padded_numel(self.numel, self.world_size, zero)
         shard = self.padded_numel // self.world_size if zero >= 1 else self.padded_numel
         self.shard_range = (self.rank * shard, self.rank * shard + shard) if zero >= 1 else (0, shard)
@@ -119,6 +134,9 @@ class ShardedAdamW:
         assert self.grad_buffer is not None, "reduce() needs zero_grad() and a backward first"
         lo, hi = self.shard_range
         buf = self.grad_buffer
+        r0, r1 = self.replicated_range
+        if self.tp_group is not None and r1 > r0:  # partial (sequence-parallel) gradients of the norms
+            dist.all_reduce(buf[r0:r1], op=dist.ReduceOp.SUM, group=self.tp_group)
         if self._distributed():
             if self.zero == 0:
                 dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
@@ -127,18 +145,30 @@ class ShardedAdamW:
         shard = buf[lo:hi]
         # One small all-reduce: the shard's sum of squares (zero >= 1) and the scalars (the loss).
         local = torch.zeros(1 + len(scalars), dtype=torch.float64, device=self.device)
-        local[0] = torch.linalg.vector_norm(shard).double() ** 2 if self.zero >= 1 else 0.0
+        world = self.scalars_over_world and dist.is_initialized()
+        if self.zero >= 1 or (world and self.rank == 0):
+            local[0] = self._sumsq(shard, lo)
         for i, x in enumerate(scalars):
             local[1 + i] = x
-        if self._distributed():
+        if world:
+            dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        elif self._distributed():
             dist.all_reduce(local, op=dist.ReduceOp.SUM, group=self.group)
-        sumsq = local[0] if self.zero >= 1 else torch.linalg.vector_norm(shard).double() ** 2
+        sumsq = local[0] if self.zero >= 1 or world else torch.linalg.vector_norm(shard).double() ** 2
         if self.zero == 2:
             self.grad_shard = shard.clone()
             self.grad_buffer = None  # between steps only the reduced shard stays
         else:
             self.grad_shard = shard
         return sumsq.sqrt(), local[1:].tolist()
+
+    def _sumsq(self, shard: torch.Tensor, lo: int) -> torch.Tensor:
+        """Sum of squares of ``shard`` (flat offset ``lo``), TP-replicated elements counted on TP index 0 only."""
+        r0, r1 = (max(0, x - lo) for x in self.replicated_range)
+        r0, r1 = min(r0, shard.numel()), min(r1, shard.numel())
+        if self.tp_rank == 0 or r1 == r0:
+            return torch.linalg.vector_norm(shard).double() ** 2
+        return torch.linalg.vector_norm(shard[:r0]).double() ** 2 + torch.linalg.vector_norm(shard[r1:]).double() ** 2
 
     # -- update --------------------------------------------------------------------------------------
     def step(self, norm: torch.Tensor, max_grad_norm: float, lr: float | None = None) -> None:
