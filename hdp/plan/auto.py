@@ -25,14 +25,14 @@ from typing import Callable, Protocol, Sequence
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.types import Plan
 
-CANDIDATES = ("hdp", "hdp-wide", "hdp-wide-time", "hdp-balance", "pow2", "static", "hdp-offload", "hdp-naive")
-"""Tried in this order; the first of equally fast plans wins. ``hdp-wide`` and ``hdp-wide-time``
+CANDIDATES = ("hdp", "hdp-wide", "hdp-tail", "hdp-balance", "pow2", "static", "hdp-offload", "hdp-naive")
+"""Tried in this order; the first of equally fast plans wins. ``hdp-wide`` and ``hdp-tail``
 only with a topology (without one they do not widen); they come early so that their plans, often
-the fastest, bound the rest. ``hdp-wide-time`` closes the tail: its scheduler equalises the
+the fastest, bound the rest. ``hdp-tail`` closes the tail: its scheduler equalises the
 estimate's own unit (cost-model time, ring transfers included), so ranks that would idle at the
 end of a step balanced by work take the work (1,024-4,096 ranks, byted/github: 1.01-1.04x the
 joint floor where ``hdp-wide`` reaches 1.04-1.27x)."""
-WIDENING = frozenset({"hdp-wide", "hdp-wide-time"})
+WIDENING = frozenset({"hdp-wide", "hdp-tail"})
 BOUNDED = frozenset({"hdp-balance", "pow2", "static", "hdp-offload", "hdp-naive"})
 """Candidates whose ring sizes are known before planning, so ``layout_bound`` applies."""
 SLACK = 1e-9
@@ -72,7 +72,7 @@ def choose(lengths: Sequence[int], num_ranks: int, cost: CostModel, plan_one: Pl
 
     ``plan_one(name)`` plans the batch with a named strategy (timed, not yet built), ``sizes_of(name)`` gives a bounded
     candidate's ring size per sequence; either raises one of ``errors`` when the candidate cannot
-    plan the batch. ``widen``: a topology is known, so ``hdp-wide`` and ``hdp-wide-time`` are candidates."""
+    plan the batch. ``widen``: a topology is known, so ``hdp-wide`` and ``hdp-tail`` are candidates."""
     best: Candidate | None = None
     best_name = ""
     times: dict[str, float] = {}
