@@ -35,9 +35,11 @@ import time
 
 from hdp.data.synthetic import sample_lengths
 from hdp.plan import build_cost_model
+from hdp.plan.floor import joint_floor
 from hdp.sim.cluster import Cluster
 from hdp.sim.compare import simulate
 from hdp.sim.noise import Noise
+from hdp.sim.training_step import grad_sync_time
 
 ALGOS = ["flat", "two-level", "bidirectional"]
 KEYS = ("step_time_s", "lower_bound_s", "gap_to_lower_bound", "area_floor_s", "gap_to_area_floor", "exposed_comm_s",
@@ -71,6 +73,10 @@ def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], toke
                      if noise and s in sim.table else {})
             cell[s] = row(sim.table, s) | extra | {"wall_s": time.perf_counter() - t0}
         out["by_algo"][algo] = cell
+        # The communication-aware floor of every plan (hdp.plan.floor), plus the gradient sync as in area_floor_s.
+        topology = cluster.topology(algo, max(1, cost.model.num_kv_heads // cost.tp))
+        out.setdefault("joint_floor_s", {})[algo] = (joint_floor(lengths, cluster.num_ranks, capacity, cost, topology)
+                                                     + grad_sync_time(cost, cluster))
     return out
 
 
@@ -141,7 +147,8 @@ def main() -> int:
 
 def auto_ranges(cells: list[dict], key: str = "step_time_s") -> dict:
     """Per (GPUs, distribution, algorithm): min-max over seeds of auto's simulated speedup over pow2
-    and static with the same ring algorithm, and its geometric mean over pow2; ``key``: which step
+    and static with the same ring algorithm, and its geometric mean over pow2, and auto's step over
+    the joint floor (``auto/joint_floor``, hdp.plan.floor, + sync); ``key``: which step
     time (``step_time_clean_s``: the noiseless one of a --jitter run)."""
     groups: dict[str, dict[str, list[float]]] = {}
     for cell in cells:
@@ -152,6 +159,8 @@ def auto_ranges(cells: list[dict], key: str = "step_time_s") -> dict:
             for base in ("pow2", "static", "hdp"):
                 if c.get(base, {}).get(key):
                     g.setdefault(base, []).append(c[base][key] / c["auto"][key])
+            if algo in cell.get("joint_floor_s", {}):  # auto over the floor: at least 1
+                g.setdefault("auto/joint_floor", []).append(c["auto"][key] / cell["joint_floor_s"][algo])
     lines, ranges = [], {}
     for key, by in groups.items():
         ranges[key] = {base: {"min": min(v), "max": max(v), "geomean": math.prod(v) ** (1 / len(v)), "n": len(v)}
