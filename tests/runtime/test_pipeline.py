@@ -129,3 +129,94 @@ def test_the_simulation_catches_a_deadlock():
         schedule.slots = real
         globals()["slots"] = real
     assert simulate([[(0,), (1,)], [(0,), (), (1,)]], 2)  # aligned: rank 0 waits one empty slot
+
+
+# -- the executor over real processes (gloo, float64) against one process ------------------------------
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+from hdp.plan import get_model  # noqa: E402
+from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence  # noqa: E402
+from hdp.runtime.model.decoder import build_model  # noqa: E402
+from hdp.runtime.parallel import groups as run_groups  # noqa: E402
+from hdp.runtime.parallel.mesh import Mesh  # noqa: E402
+from hdp.runtime.train.step import build_optimizer, train_step  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.runtime.test_train_step import LENGTHS, hand_batch  # noqa: E402
+
+LR, MAX_GRAD_NORM = 1e-2, 0.5  # clipping active
+
+
+def _plan(ranks: list[list[MicroBatch]], rings: tuple[Ring, ...] = ()) -> Plan:
+    return Plan("test", len(ranks), 32, tuple(Sequence(i, n) for i, n in enumerate(LENGTHS)), rings,
+                tuple(RankPlan(r, tuple(m)) for r, m in enumerate(ranks)))
+
+
+def _mb(segs, rings=()) -> MicroBatch:
+    return MicroBatch(tuple(Segment(*s) for s in segs), tuple(rings), 0.0, 32)
+
+
+def one_rank_plan() -> Plan:
+    """Every sequence whole on one rank, in 4 micro-batches (the single process, and the 1-pipeline run)."""
+    return _plan([[_mb([(0, 0, 24)]), _mb([(1, 0, 10), (2, 0, 7)]), _mb([(3, 0, 5), (5, 0, 9)]), _mb([(4, 0, 13)])]])
+
+
+def two_pipeline_plan() -> Plan:
+    """Ring 0 (sequence 0, pieces of 6) is micro-batch 1 of rank 0 (2 in all) and 0 of rank 1 (4 in all):
+    rank 1 runs it in slot 1 after an empty slot 0."""
+    return _plan([[_mb([(1, 0, 10)]), _mb([(0, 0, 6), (0, 18, 24)], [0])],
+                  [_mb([(0, 6, 12), (0, 12, 18), (3, 0, 5)], [0]), _mb([(4, 0, 13)]), _mb([(5, 0, 9)]),
+                   _mb([(2, 0, 7)])]], (Ring(0, 0, (0, 1)),))
+
+
+def _run(plan: Plan, model, opt, rank: int) -> list[tuple[float, float, float | None]]:
+    out = []
+    for _ in range(2):
+        res = train_step(model, opt, plan, hand_batch(), rank=rank, group=None, device=torch.device("cpu"),
+                         timeout_s=30, max_grad_norm=MAX_GRAD_NORM, lr=LR)
+        out.append((res.loss, res.grad_norm, res.pp_bubble))
+    return out
+
+
+def _rank(rank: int, world: int, pp: int, model_name: str, zero: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    groups = run_groups.create_groups("gloo", 30.0, Mesh.for_world(world, 1, pp))
+    run_groups.install(groups)
+    model = build_model(get_model(model_name), dtype=torch.float64, device=torch.device("cpu"), seed=0,
+                        recompute=zero == 0, stage=(groups.coord.stage, pp))
+    opt = build_optimizer(model, LR, zero=zero, groups=groups)
+    plan = one_rank_plan() if groups.mesh.hdp == 1 else two_pipeline_plan()
+    steps = _run(plan, model, opt, groups.coord.hdp)
+    torch.save({"steps": steps, "params": {n: p.detach().clone() for n, p in model.named_parameters()}},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    run_groups.install(None)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world, model_name, zero", [(2, "tiny", 0), (4, "tiny", 1)])
+@pytest.mark.timeout(120)
+def test_pp2_equals_one_process(tmp_path, world, model_name, zero):
+    """--pp 2 on 2 processes (one pipeline of 4 micro-batches, layers recomputed) and on 4 (two pipelines of 2 and
+    4 micro-batches sharing a ring in different list positions; ZeRO-1 over each stage's pool of 2):
+    loss and grad norm of both steps to 1e-9, every parameter after 2 steps to 1e-9."""
+    mp.start_processes(_rank, args=(world, 2, model_name, zero, free_port(), str(tmp_path)), nprocs=world,
+                       join=True, start_method="fork")
+    model = build_model(get_model(model_name), dtype=torch.float64, device=torch.device("cpu"), seed=0)
+    ref = _run(one_rank_plan(), model, build_optimizer(model, LR), 0)
+    params: dict[str, torch.Tensor] = {}
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for (loss, norm, bubble), (rloss, rnorm, _) in zip(got["steps"], ref):
+            assert loss == pytest.approx(rloss, rel=1e-9) and norm == pytest.approx(rnorm, rel=1e-9), rank
+            assert 0.0 <= bubble < 1.0
+        params.update(got["params"])  # each stage's own; the pipelines' copies are equal (checked below)
+        for name, t in got["params"].items():
+            torch.testing.assert_close(t, dict(model.named_parameters())[name].detach(), rtol=1e-9, atol=1e-12,
+                                       msg=lambda m: f"rank {rank} {name}: {m}")
+    assert set(params) == {n for n, _ in model.named_parameters()}  # the stages hold the whole model

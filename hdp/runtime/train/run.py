@@ -20,6 +20,7 @@ from hdp.plan.types import Plan
 from hdp.plan.zigzag import max_member_tokens, ranks_needed
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.model.source import model_shape
+from hdp.runtime.pipeline.checks import check_pp_run
 from hdp.runtime.attention.ring.select import with_ring_algo
 from hdp.runtime.train.limits import (RankMemory, accelerator_memory, check_batch, check_extras, check_memory,
                                      host_memory)
@@ -44,6 +45,7 @@ class Run:
         ``num_ranks`` here and in every method is the plan's: *HDP* ranks, processes / (tp x pp)."""
         check_extras(config)
         cfg = model_shape(config)
+        check_pp_run(config, cfg)
         data = load_training_data(config.data, config.tokenizer, config.text_field)
         check_vocab(data.tokenizer, data.vocab_size, cfg.vocab_size, config.hf_model or config.model)
         stream = BatchStream(data.corpus, config.global_batch_tokens, config.max_seq_len, config.seed)
