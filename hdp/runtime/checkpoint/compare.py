@@ -22,7 +22,7 @@ def exact_config(config: TrainConfig) -> dict[str, Any]:
     ``hf_model`` is the model's identity, not the spelling of its path: a fingerprint of its
     ``config.json`` (``hf_fingerprint``), so ``my_llama`` and ``/abs/my_llama`` are one model and another
     model copied under the same folder name is not."""
-    values = {k: getattr(config, k) for k in files.EXACT_FIELDS if k != "schedule_steps"}
+    values = {k: getattr(config, k) for k in (*files.EXACT_FIELDS, *files.LATER_FIELDS) if k != "schedule_steps"}
     if config.hf_model is not None:
         values["hf_model"] = hf_fingerprint(config.hf_model)
     return {**values, "schedule_steps": config.lr_steps}

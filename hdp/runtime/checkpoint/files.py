@@ -18,6 +18,8 @@ import re
 import shutil
 from typing import Any
 
+from hdp.runtime.config import DEFAULT_AUX_LOSS_COEF
+
 MANIFEST = "hdp.json"
 FORMAT = "hdp-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -25,6 +27,10 @@ _NAME = re.compile(r"^step-(\d{6,})$")
 EXACT_FIELDS = ("model", "hf_model", "dtype", "seed", "global_batch_tokens", "max_seq_len", "lr", "weight_decay",
                 "max_grad_norm", "lr_schedule", "warmup_steps", "min_lr", "schedule_steps")
 """Config fields a resumed run must share with the saved one for its losses to equal an uninterrupted run's."""
+LATER_FIELDS = {"aux_loss": "document", "aux_loss_coef": DEFAULT_AUX_LOSS_COEF, "z_loss_coef": 0.0, "tp": 1, "pp": 1}
+"""Fields checked too, added after the first checkpoints were written: a manifest without one was saved
+with its value here (the router losses' defaults; no tensor or pipeline parallelism). ``tp``/``pp`` decide
+how the saved shards are cut, so a resume with another T or P is refused until resharding exists."""
 
 
 def step_dir(save_dir: str, step: int) -> str:
@@ -108,6 +114,8 @@ def check_compatible(manifest: dict[str, Any], exact: dict[str, Any], layout: li
     """Refuse a checkpoint whose model, layout, data or exactness-deciding config differs from this run's."""
     saved = manifest["config"]
     diffs = [f"{k} {saved.get(k)!r} (this run: {exact[k]!r})" for k in EXACT_FIELDS if saved.get(k) != exact.get(k)]
+    diffs += [f"{k} {saved.get(k, v)!r} (this run: {exact[k]!r})" for k, v in LATER_FIELDS.items()
+              if saved.get(k, v) != exact.get(k, v)]
     if diffs:
         raise ValueError(f"checkpoint {path!r} was saved with an incompatible config: " + ", ".join(diffs[:3])
                          + "; resume with the flags it was saved with (or start a new --save-dir)")
