@@ -146,6 +146,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dry.add_argument("--dry-run-layers", type=int, default=1, metavar="L",
                      help="with --dry-run: decoder layers whose attention runs (default 1; the others' ring "
                           "traffic is the same and is counted, not run)")
+    dry.add_argument("--dry-run-measure-memory", action="store_true",
+                     help="with --dry-run: run the worst rank's step once more with the full model under torch's "
+                          "MemTracker and show its tracked peak beside the formula's (slow at scale: one rank, "
+                          "every layer)")
     add_config_arguments(p)
     with_strategy_table(p)
 
@@ -187,7 +191,7 @@ def dry_run(args: argparse.Namespace) -> int:
     try:
         world = args.world_size if args.world_size is not None else args.nproc
         return run_dry(config, world, tokens=config.global_batch_tokens, dist_name=args.dist or "byted",
-                       layers=args.dry_run_layers, as_json=args.json)
+                       layers=args.dry_run_layers, as_json=args.json, measure_memory=args.dry_run_measure_memory)
     except PlanError as e:
         raise user_error(e, TRAIN_FLAGS) from None
 

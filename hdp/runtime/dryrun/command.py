@@ -13,6 +13,7 @@ from hdp.plan.cost.model_config import get_model
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.dryrun.drive import Recorded, SyntheticBatch, record_step
 from hdp.runtime.dryrun.match import Match, match
+from hdp.runtime.dryrun.memory import tracked_peak
 from hdp.runtime.dryrun.record import Op
 from hdp.runtime.dryrun.report import print_table, rank_figures, templates_summary
 from hdp.runtime.dryrun.rings import Templates
@@ -51,20 +52,29 @@ def check_templates(templates: Templates) -> Match:
         if family is None:
             errors.append(f"{label}: not every member's forward and backward was recorded")
             continue
+        world = max(shape.size, max((max(t.group) + 1 for ops in family.values() for t in ops if t.group), default=0))
+        sizes: dict[tuple[str, int], str] = {}  # the symbolic size label of (dtype, member), made once
         for direction in ("forward", "backward"):
-            seqs = [[Op(t.kind, peer=t.peer, group=t.group, numel=t.per_token, tag=t.tag, ref=t.ref,
-                        dtype=f"{t.dtype}, member {t.member}'s tokens" if t.member >= 0 else "",
-                        where=f"{label} {direction}, position {p}")
-                     for t in family[(p, direction)]] for p in range(shape.size)]
-            errors += match(seqs, max(shape.size, max((max(t.group) + 1 for s in family.values() for t in s
-                                                        if t.group), default=0)), label=f"{label} {direction}").errors
+            seqs = []
+            for p in range(shape.size):
+                where = f"{label} {direction}, position {p}"
+                seqs.append([Op(t.kind, peer=t.peer, group=t.group, numel=t.per_token, tag=t.tag, ref=t.ref,
+                                dtype=(sizes.get((t.dtype, t.member)) or sizes.setdefault(
+                                    (t.dtype, t.member), f"{t.dtype}, member {t.member}'s tokens"))
+                                if t.member >= 0 else "", where=where)
+                             for t in family[(p, direction)]])
+            errors += match(seqs, world, label=f"{label} {direction}").errors
     return Match(not errors, errors)
 
 
 def dry_run(config: TrainConfig, world_size: int, *, lengths: list[int] | None = None, tokens: int = DEFAULT_TOKENS,
             dist_name: str = "byted", layers: int | None = 1, full: bool = False, templated: bool | None = None,
-            as_json: bool = False) -> int:
-    """Run the dry run; prints the table (or one JSON object) and returns the exit code (0, or 1: mismatch)."""
+            as_json: bool = False, measure_memory: bool = False) -> int:
+    """Run the dry run; prints the table (or one JSON object) and returns the exit code (0, or 1: mismatch).
+
+    ``measure_memory``: the worst rank by peak memory runs once more with the full model under torch's
+    ``MemTracker`` (``memory``); its ``tracked_peak_bytes`` stand beside ``peak_memory_bytes``.
+    """
     if world_size < 1:
         raise ValueError(f"--world-size must be >= 1, got {world_size}")
     started = time.perf_counter()
@@ -94,10 +104,16 @@ def dry_run(config: TrainConfig, world_size: int, *, lengths: list[int] | None =
     errors = proto.errors + result.errors
     num_layers = get_model(config.model).num_layers
     ranks = rank_figures(rec, dataclasses.replace(run.cost, zero=config.zero_for(world_size)), gpn, num_layers)
+    tracked: dict[str, int] | None = None
+    if measure_memory and ranks:
+        worst = max(ranks, key=lambda r: (r["peak_memory_bytes"], -r["rank"]))
+        tracked = tracked_peak(run.config, plan, batch, world_size, worst["rank"])
+        worst["tracked_peak_bytes"] = tracked["Total"]
     out = {"matched": not errors, "errors": errors, "world_size": world_size, "strategy": config.strategy,
            "model": config.model, "gpus_per_node": gpn, "capacity": run.config.capacity, "tokens": sum(batch.lengths),
            "sequences": len(batch.lengths), "rings": len(plan.rings), "layers_run": rec.layers_run,
            "num_layers": num_layers, **templates_summary(rec.templates), "record_s": rec.wall_s,
+           **({"tracked_memory": tracked} if tracked is not None else {}),
            "wall_s": time.perf_counter() - started, "ranks": ranks}
     if as_json:
         json.dump(out, sys.stdout)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from hdp.plan.types import Plan
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.dryrun.record import HostSyncs, Op, Recorder
 from hdp.runtime.dryrun.rings import RingRecorder, Templates
-from hdp.runtime.dryrun.skeleton import AttentionSkeleton, compute_skipped
+from hdp.runtime.dryrun.skeleton import AttentionSkeleton, compute_skipped, fast_meta_adds
 from hdp.plan.cost.model_config import get_model
 from hdp.runtime.model.decoder import Decoder
 from hdp.runtime.parallel import groups as run_groups
@@ -79,6 +79,23 @@ def _fake_model(config: TrainConfig) -> Decoder:
     return decoder
 
 
+@contextlib.contextmanager
+def _fingerprint_once(plan: Plan) -> Iterator[None]:
+    """``plan.fingerprint`` hashed once, not once per rank (every rank here holds this very plan object).
+
+    A worker hashes its own plan (the plan check compares the hashes); here all ranks share one
+    object, so every rank's hash is this one. Hashing llama-7b's 1,024-rank plan costs ~60 ms, a
+    minute over a busy world. Other plans (none in a step) still hash as before.
+    """
+    prop = Plan.__dict__["fingerprint"]
+    digest = prop.fget(plan)
+    Plan.fingerprint = property(lambda p: digest if p is plan else prop.fget(p))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Plan.fingerprint = prop  # type: ignore[method-assign]
+
+
 def _join(rank: int, world_size: int, timeout_s: float) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -90,11 +107,16 @@ def _join(rank: int, world_size: int, timeout_s: float) -> None:
 
 
 def record_step(config: TrainConfig, plan: Plan, batch: Any, world_size: int, *, layers: int | None = None,
-                full: bool = False, templated: bool | None = None, ranks: Sequence[int] | None = None) -> Recorded:
+                full: bool = False, templated: bool | None = None, ranks: Sequence[int] | None = None,
+                around: Callable[[torch.nn.Module, Any], ContextManager[Any]] | None = None,
+                fast: bool = True) -> Recorded:
     """Run ``plan``'s step on every rank (or ``ranks``) and return what each asked of torch.distributed.
 
     ``layers``: attention layers the skeleton runs (default: all); ``full``: the real model instead;
-    ``templated``: ring shapes run once (default: for more than 64 ranks; ``rings``).
+    ``templated``: ring shapes run once (default: for more than 64 ranks; ``rings``); ``around(model,
+    optimizer)``: a context each rank's ``train_step`` runs in (``memory``: torch's memory tracker);
+    ``fast``: the plan hashed once and meta ``add`` at C++ speed (False: torch's own paths, for the
+    test that both record the same).
     """
     templated = world_size > 64 if templated is None else templated
     device = torch.device("meta")
@@ -105,7 +127,11 @@ def record_step(config: TrainConfig, plan: Plan, batch: Any, world_size: int, *,
     run_layers = get_model(config.model).num_layers if full or layers is None else layers
     out_ops: list[list[Op]] = []
     syncs: list[int] = []
+    stack = contextlib.ExitStack()
     try:
+        if fast:
+            stack.enter_context(_fingerprint_once(plan))
+            stack.enter_context(fast_meta_adds())
         with torch.device("meta"):  # the model only: a device context would also tax every later op
             decoder = _fake_model(config)
         model = decoder if full else AttentionSkeleton(decoder, run_layers)
@@ -124,9 +150,10 @@ def record_step(config: TrainConfig, plan: Plan, batch: Any, world_size: int, *,
                 # Once: every rank's flat buffers have the same sizes (only the shard's offset differs,
                 # which communicates nothing), and a second optimizer would hook every parameter again.
                 optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
-            recorder.ops = []
+            recorder.reset()
             counter = HostSyncs()
-            with recorder, rings, counter, contextlib.nullcontext() if full else compute_skipped():
+            with (recorder, rings, counter, contextlib.nullcontext() if full else compute_skipped(),
+                  around(model, optimizer) if around is not None else contextlib.nullcontext()):
                 train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
                            timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm)
             out_ops.append(recorder.ops)
@@ -134,6 +161,7 @@ def record_step(config: TrainConfig, plan: Plan, batch: Any, world_size: int, *,
             if not plan.ranks[rank].micro_batches:
                 idle = (recorder.ops, counter.count)
     finally:
+        stack.close()
         run_groups.install(None)
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from torch.overrides import TorchFunctionMode
 
 P2P_KINDS = ("send", "recv")
 
@@ -71,8 +70,14 @@ class Op:
         return f"{self.kind} ({size})" if size else self.kind
 
 
+_DTYPES: dict[torch.dtype, str] = {}
+
+
 def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
+    name = _DTYPES.get(t.dtype)
+    if name is None:
+        name = _DTYPES[t.dtype] = str(t.dtype).removeprefix("torch.")
+    return name
 
 
 class _Work:
@@ -106,6 +111,13 @@ class Recorder:
         self.sink: list[Op] | None = None
         """Where ops go instead of ``ops`` (a ring template being recorded); None: ``ops``."""
         self._saved: dict[str, Callable] = {}
+        self._groups: dict[Any, tuple[int, ...]] = {}
+        """Group -> its global ranks, for the current rank's groups (``reset`` between ranks)."""
+
+    def reset(self) -> None:
+        """A new rank: no ops yet, and its process groups are new objects."""
+        self.ops = []
+        self._groups = {}
 
     def append(self, op: Op) -> int:
         target = self.ops if self.sink is None else self.sink
@@ -136,9 +148,13 @@ class Recorder:
         return getattr(fn, "__wrapped__", fn)
 
     def _group(self, group: Any) -> tuple[int, ...] | None:
-        if group is None or group is dist.group.WORLD:
+        if group is None:
             return None
-        return tuple(dist.get_process_group_ranks(group))
+        ranks = self._groups.get(group)
+        if ranks is None:
+            ranks = self._groups[group] = (() if group is dist.group.WORLD
+                                          else tuple(dist.get_process_group_ranks(group)))
+        return ranks or None
 
     def _p2p_op(self, fn: Callable, tensor: torch.Tensor, peer: int, group: Any, tag: int) -> int:
         kind = "send" if self._original(fn) in (self._saved["isend"], self._saved["send"], dist.isend) else "recv"
@@ -175,34 +191,58 @@ class Recorder:
         return wrapper
 
 
-class HostSyncs(TorchFunctionMode):
-    """Counts device-to-host reads (``count``) and answers them with zeros (there is no value to read)."""
+class HostSyncs:
+    """Counts device-to-host reads (``count``) and answers them with zeros (there is no value to read).
 
-    READS = {torch.Tensor.item: "item", torch.Tensor.tolist: "tolist", torch.Tensor.__bool__: "__bool__",
-             torch.Tensor.__float__: "__float__", torch.Tensor.__int__: "__int__", torch.Tensor.cpu: "cpu"}
+    While installed (``with counter:``) the reading methods of ``torch.Tensor`` are replaced, not
+    wrapped in a ``TorchFunctionMode``: a mode would add a Python call to every torch op of the
+    step (millions at 1,024 ranks) to catch six methods.
+    """
+
+    READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu")
 
     def __init__(self) -> None:
-        super().__init__()
         self.count = 0
         self.by_kind: dict[str, int] = {}
+        self._saved: dict[str, Any] = {}
 
-    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kind = self.READS.get(func)
-        if kind is None:
-            if func is torch.Tensor.pin_memory:
-                return args[0]
-            return func(*args, **(kwargs or {}))
-        self.count += 1
-        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
-        t: torch.Tensor = args[0]
-        zero: Any = False if t.dtype == torch.bool else (0 if not t.dtype.is_floating_point else 0.0)
-        if kind == "cpu":
-            return func(*args, **(kwargs or {}))
-        if kind == "tolist":
-            return _zeros(list(t.shape), zero)
-        if kind == "__bool__":
-            return False
-        return float(zero) if kind == "__float__" else int(zero) if kind == "__int__" else zero
+    def __enter__(self) -> "HostSyncs":
+        for name in (*self.READS, "pin_memory"):
+            self._saved[name] = torch.Tensor.__dict__.get(name, _INHERITED)
+            original = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._reader(name, original) if name != "pin_memory" else _identity)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._saved.items():
+            if fn is _INHERITED:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, fn)
+        self._saved = {}
+
+    def _reader(self, kind: str, original: Callable) -> Callable:
+        def read(t: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+            if kind == "cpu":
+                return original(t, *args, **kwargs)
+            zero: Any = False if t.dtype == torch.bool else (0 if not t.dtype.is_floating_point else 0.0)
+            if kind == "tolist":
+                return _zeros(list(t.shape), zero)
+            if kind == "__bool__":
+                return False
+            return float(zero) if kind == "__float__" else int(zero) if kind == "__int__" else zero
+
+        return read
+
+
+_INHERITED = object()
+"""Marks a method ``torch.Tensor`` inherits (from ``TensorBase``): restored by deleting the patch."""
+
+
+def _identity(t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return t  # pin_memory: no accelerator here, and a meta tensor has nothing to pin
 
 
 def _zeros(shape: list[int], zero: Any) -> Any:

@@ -29,44 +29,68 @@ def rank_figures(rec: Recorded, cost: CostModel, gpus_per_node: int, num_layers:
     plan, scale = rec.plan, num_layers / max(rec.layers_run, 1)
     states = cost.model_state_bytes(plan.num_ranks)
     act_per_token = cost.activation_bytes_per_token()
+    buffers_of: dict[tuple[int, int], int] = {}  # (rank, micro-batch) -> its rings' buffer bytes
+    for (r, i, _), b in rec.ring_buffers.items():
+        buffers_of[(r, i)] = buffers_of.get((r, i), 0) + b
+    summaries: dict[tuple, tuple[set[int], dict[tuple[int, int], int], int]] = {}
     out = []
     for rank, ops in enumerate(rec.ops):
         peers: set[int] = set()
-        link = {"nvlink": 0.0, "nic": 0.0}
-        sends = 0.0
+        # Bytes as integers, ring traffic (scaled to every layer at the end) apart from the rest.
+        ring = {"nvlink": 0, "nic": 0}
+        other = {"nvlink": 0, "nic": 0}
+        ring_sends = other_sends = 0
         collective = 0
         node = rank // gpus_per_node
         for op in ops:
             if op.kind in ("send", "recv"):
                 peers.add(op.peer)
                 if op.kind == "send":
-                    factor = scale if op.where.startswith("ring") else 1.0
-                    link["nvlink" if op.peer // gpus_per_node == node else "nic"] += factor * op.numel * DTYPE_BYTES.get(op.dtype, 4)
-                    sends += factor
+                    in_ring = op.where.startswith("ring")
+                    (ring if in_ring else other)["nvlink" if op.peer // gpus_per_node == node else "nic"] += (
+                        op.numel * DTYPE_BYTES.get(op.dtype, 4))
+                    ring_sends += in_ring
+                    other_sends += not in_ring
             elif op.kind == "phase":
                 s, position, direction, tokens = op.key
-                for t in rec.templates.ops[(s, position, direction)]:
-                    if t.kind in ("send", "recv"):
-                        peer = op.group[t.peer]
-                        peers.add(peer)
-                        if t.kind == "send":
-                            nbytes = tokens[t.member] * t.per_token * DTYPE_BYTES.get(t.dtype, 4)
-                            link["nvlink" if peer // gpus_per_node == node else "nic"] += scale * nbytes
-                            sends += scale
+                positions, sent, count = _summary(summaries, rec.templates, (s, position, direction))
+                peers.update(op.group[p] for p in positions)
+                for (p, member), per_token in sent.items():
+                    ring["nvlink" if op.group[p] // gpus_per_node == node else "nic"] += tokens[member] * per_token
+                ring_sends += count
             elif op.kind != "wait":
                 collective += op.numel * DTYPE_BYTES.get(op.dtype, 4)
+        link = {k: ring[k] * scale + other[k] for k in ring}
+        sends = ring_sends * scale + other_sends
         micro = plan.ranks[rank].micro_batches
         peak_mb = 0.0
         for m, mb in enumerate(micro):
             on_device = 1.0 - mb.offload_layers / max(num_layers, 1)
             acts = mb.num_tokens * act_per_token * on_device
-            buffers = sum(b for (r, i, _), b in rec.ring_buffers.items() if r == rank and i == m)
+            buffers = buffers_of.get((rank, m), 0)
             peak_mb = max(peak_mb, acts + buffers)
         out.append({"rank": rank, "peak_memory_bytes": int(states + peak_mb), "peers": len(peers),
                     "host_syncs": rec.host_syncs[rank], "nvlink_bytes": int(link["nvlink"]),
                     "nic_bytes": int(link["nic"]), "p2p_sends": int(sends), "collective_bytes": collective,
                     "micro_batches": len(micro), "tokens": sum(mb.num_tokens for mb in micro)})
     return out
+
+
+def _summary(cache: dict, templates: Templates, key: tuple) -> tuple[set[int], dict[tuple[int, int], int], int]:
+    """A template's peers (ring positions), bytes sent per token of each (peer, member), and sends."""
+    found = cache.get(key)
+    if found is None:
+        positions: set[int] = set()
+        sent: dict[tuple[int, int], int] = {}
+        count = 0
+        for t in templates.ops[key]:
+            if t.kind in ("send", "recv"):
+                positions.add(t.peer)
+                if t.kind == "send":
+                    sent[(t.peer, t.member)] = sent.get((t.peer, t.member), 0) + t.per_token * DTYPE_BYTES.get(t.dtype, 4)
+                    count += 1
+        found = cache[key] = (positions, sent, count)
+    return found
 
 
 WORST = (("peak_memory_bytes", "peak memory"), ("peers", "peers"), ("host_syncs", "host syncs"),
@@ -84,11 +108,13 @@ def print_table(ranks: list[dict[str, Any]], header: str, errors: list[str]) -> 
 
     console = Console()
     table = Table(title=header)
-    for col in ("worst by", "rank", "peak memory", "vs 80 GB", "peers", "host syncs", "NVLink sent", "NIC sent",
-                "P2P sends", "micro-batches"):
+    tracked = any("tracked_peak_bytes" in r for r in ranks)  # --dry-run-measure-memory: the worst rank's
+    for col in ("worst by", "rank", "peak memory", *(("tracked peak",) if tracked else ()), "vs 80 GB", "peers",
+                "host syncs", "NVLink sent", "NIC sent", "P2P sends", "micro-batches"):
         table.add_column(col, justify="left" if col == "worst by" else "right")
     for label, r in worst_ranks(ranks):
-        table.add_row(label, str(r["rank"]), f"{r['peak_memory_bytes'] / 1e9:,.1f} GB",
+        measured = (f"{r['tracked_peak_bytes'] / 1e9:,.1f} GB" if "tracked_peak_bytes" in r else "-",) if tracked else ()
+        table.add_row(label, str(r["rank"]), f"{r['peak_memory_bytes'] / 1e9:,.1f} GB", *measured,
                       f"{r['peak_memory_bytes'] / HBM_BYTES:.0%}", str(r["peers"]), str(r["host_syncs"]),
                       f"{r['nvlink_bytes'] / 1e9:,.2f} GB", f"{r['nic_bytes'] / 1e9:,.2f} GB", f"{r['p2p_sends']:,}",
                       str(r["micro_batches"]))
