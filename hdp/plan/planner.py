@@ -20,10 +20,11 @@ from hdp.plan.schedule.baselines import plan_pow2, plan_static, pow2_sizes, stat
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.schedule.critical import widened_candidates
 from hdp.plan.schedule.draft import Draft
+from hdp.plan.schedule.free_ranks import FreeRanks
 from hdp.plan.estimate import time_bound
 from hdp.plan.schedule.sharding import Placement, PlanError, offload_token_limit, place
 from hdp.plan.strategies import Strategy, get_strategy
-from hdp.plan.cost.topology import Topology, pick_members, ring_stretch
+from hdp.plan.cost.topology import Topology, ring_stretch
 from hdp.plan.schedule.whole_nodes import round_down, round_up
 from hdp.plan.types import Plan
 from hdp.plan.zigzag import ranks_needed
@@ -267,15 +268,14 @@ def draft_placed(lengths: list[int], placements: list[Placement], num_ranks: int
     elif strategy.layout == "pow2":
         plan_pow2(draft, cost)
     elif strategy.schedule:
-        pick = stretch = None
+        free = stretch = None
         if topology is not None:
-            def pick(free: list[int], k: int) -> list[int]:
-                return pick_members(free, k, topology)
+            free = FreeRanks(num_ranks, topology)  # rings placed by node (``pick_members``)
 
             def stretch(seq: int, members: tuple[int, ...]) -> float:
                 return ring_stretch(cost, topology, lengths[seq], members)
         plan_balanced(draft, placements, weights_for(cost, strategy.balance_by), "pp" if pipelines else "dp",
-                      stages=cost.pp, pick=pick, stretch=stretch)
+                      stages=cost.pp, free=free, stretch=stretch)
     else:
         plan_naive(draft, placements)
     if strategy.offload:

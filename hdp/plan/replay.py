@@ -62,7 +62,14 @@ def replay_rings(rings_of: Sequence[Sequence[Sequence[int]]], members: Sequence[
         klass.append(c)
         count[c] += 1
     ring_size = [len(m) for m in members]
-    ring_classes = [list(dict.fromkeys(klass[r] for r in m)) for m in members]
+    by_members: dict[tuple[int, ...], list[int]] = {}  # a static CP group's rings share one member set
+    ring_classes = []
+    for m in members:
+        key = tuple(m)
+        classes = by_members.get(key)
+        if classes is None:
+            classes = by_members[key] = list(dict.fromkeys(map(klass.__getitem__, key)))
+        ring_classes.append(classes)
     clock, starts, wait = _replay_classes([rings_of[r] for r in reps], [durations[r] for r in reps], count,
                                           ring_size, ring_classes, reps)
     return Replay(tuple(clock[c] for c in klass), tuple(starts[c] for c in klass), tuple(wait[c] for c in klass))

@@ -9,6 +9,7 @@ The planner, the validator, the runtime layout and ring attention all derive pie
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from itertools import islice, repeat
 from operator import add, floordiv, sub
 
@@ -46,13 +47,17 @@ def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, 
         c = _cuts(length, k)
         pieces = list(map(tuple.__new__, repeat(Segment, n), zip(repeat(seq, n), c, islice(c, 1, None))))
         return list(zip(pieces[:k], pieces[:k - 1:-1]))
-    # Fewer tokens than pieces: each non-empty piece is one token, t in piece j = ceil((t+1) 2k / L) - 1;
-    # walking the tokens in order gives each member its early piece before its mirror.
+    # Fewer tokens than pieces: each non-empty piece is one token, token t in piece
+    # j = ceil((t+1) 2k / L) - 1 (increasing in t); pieces j < k open their member's tuple, the
+    # mirrors j >= k (member 2k-1-j) come after every opening one.
+    js = list(map(floordiv, range(n - 1, length * n, n), repeat(length, length)))
+    pieces = list(map(tuple.__new__, repeat(Segment, length), zip(repeat(seq, length), range(length), range(1, length + 1))))
     out: list[tuple[Segment, ...]] = [()] * k
-    for t in range(length):
-        j = -(-(t + 1) * n // length) - 1
-        i = j if j < k else n - 1 - j
-        out[i] = out[i] + (Segment(seq, t, t + 1),)
+    split = bisect_left(js, k)
+    for j, piece in zip(js[:split], pieces[:split]):
+        out[j] = (piece,)
+    for j, piece in zip(js[split:], pieces[split:]):
+        out[n - 1 - j] += (piece,)
     return out
 
 

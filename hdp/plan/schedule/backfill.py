@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 from typing import Callable
 
+from hdp.plan.schedule.free_ranks import FreeRanks
 from hdp.plan.schedule.sharding import Placement
 from hdp.plan.schedule.balance_measure import Weights
 
-Pick = Callable[[list[int], int], list[int]]
-"""(free ranks, k) -> the k members a ring takes (``hdp.plan.cost.topology.pick_members``)."""
 Stretch = Callable[[int, tuple[int, ...]], float]
 """(sequence, members) -> how much longer than its compute a ring member runs (ring transfers)."""
 
@@ -63,10 +62,11 @@ class _Locals:
 
 
 def schedule(lengths: list[int], placements: list[Placement], weights: Weights, num_ranks: int,
-             pick: Pick | None = None, stretch: Stretch | None = None) -> tuple[list[list[Job]], list[Job]]:
+             free: FreeRanks | None = None, stretch: Stretch | None = None) -> tuple[list[list[Job]], list[Job]]:
     """Per-rank job lists in time order, and the rings in start order.
 
-    ``pick`` chooses a ring's members among the free ranks (default: the lowest); ``stretch`` makes
+    ``free``: every rank, free, choosing a ring's members node by node (``FreeRanks`` with a
+    topology; default: the lowest free ranks); ``stretch`` makes
     a ring's time its compute plus exposed transfers, first for an ideal placement (ranks 0..k-1),
     then for the members it gets."""
     base = {i: weights.ring(n, p.ranks) for i, (n, p) in enumerate(zip(lengths, placements)) if p.ranks > 1}
@@ -81,7 +81,7 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
     ])
     per_rank: list[list[Job]] = [[] for _ in range(num_ranks)]
     started: list[Job] = []
-    free = list(range(num_ranks))  # heap of rank ids free now
+    free = free if free is not None else FreeRanks(num_ranks)  # the ranks free now
     busy: list[tuple[float, int]] = []  # (finish, rank), sorted: the k-th to finish is busy[k - 1]
     clock = 0.0
 
@@ -99,7 +99,7 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
     def release(until: float) -> None:
         j = bisect.bisect_right(busy, (until, num_ranks))
         for _, r in busy[:j]:
-            heapq.heappush(free, r)
+            free.add(r)
         del busy[:j]
 
     pending = rings
@@ -108,25 +108,19 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
         head = pending[0]
         if head.ranks <= len(free):
             pending.pop(0)
-            if pick is None:
-                members = [heapq.heappop(free) for _ in range(head.ranks)]
-            else:
-                members = pick(free, head.ranks)
-                taken = set(members)
-                free[:] = [r for r in free if r not in taken]
-                heapq.heapify(free)
+            members = free.pick(head.ranks)
             end = run(head, clock, members)
             for r in members:
                 bisect.insort(busy, (end, r))
             continue
         need = head.ranks - len(free)
         shadow = busy[need - 1][0]
-        for end, r in _backfill(pending, locals_, free, clock, shadow, run, pick):
+        for end, r in _backfill(pending, locals_, free, clock, shadow, run):
             bisect.insort(busy, (end, r))
         clock = shadow
 
     # No ring left: whole sequences largest first onto the rank that is free soonest.
-    avail = [(clock, r) for r in free] + busy
+    avail = [(clock, r) for r in free.ranks()] + busy
     heapq.heapify(avail)
     while len(locals_):
         job = locals_.take_largest()
@@ -136,28 +130,22 @@ def schedule(lengths: list[int], placements: list[Placement], weights: Weights, 
     return per_rank, started
 
 
-def _backfill(pending: list[Job], locals_: _Locals, free: list[int], clock: float, shadow: float,
-              run, pick: Pick | None = None) -> list[tuple[float, int]]:
+def _backfill(pending: list[Job], locals_: _Locals, free: FreeRanks, clock: float, shadow: float,
+              run) -> list[tuple[float, int]]:
     """Fill the free ranks' window [clock, shadow) with rings and whole sequences that end by then.
 
     Returns (finish, rank) of the ranks given work; the others stay in ``free`` and idle.
     """
     window = shadow - clock
-    ready = sorted(free)
-    at = {r: clock for r in ready}
+    at = {r: clock for r in free.ranks()}
     # Smaller rings first (they need several ranks at once): the largest that fits, in queue order.
     # The queue is sorted by time, largest first: skip to the first ring that ends by the shadow.
     i = bisect.bisect_left(pending, -window, lo=1, key=lambda j: -j.time)
-    while i < len(pending) and len(ready) >= 2:
+    while i < len(pending) and len(free) >= 2:
         job = pending[i]
-        if job.ranks <= len(ready) and job.time <= window:
+        if job.ranks <= len(free) and job.time <= window:
             pending.pop(i)
-            if pick is None:
-                members, ready = ready[:job.ranks], ready[job.ranks:]
-            else:
-                members = pick(ready, job.ranks)
-                taken = set(members)
-                ready = [r for r in ready if r not in taken]
+            members = free.pick(job.ranks)
             end = run(job, clock, members)
             for r in members:
                 at[r] = end
@@ -167,11 +155,12 @@ def _backfill(pending: list[Job], locals_: _Locals, free: list[int], clock: floa
     for r in at:
         while (job := locals_.take_fitting(shadow - at[r])) is not None:
             at[r] = run(job, at[r], [r])
-    free.clear()
-    worked = []
+    worked = []  # the ranks given work leave ``free``; the others stay
     for r, end in at.items():
         if end > clock:
             worked.append((end, r))
-        else:
-            heapq.heappush(free, r)
+            if r in free:
+                free.remove(r)
+        elif r not in free:
+            free.add(r)
     return worked

@@ -45,11 +45,11 @@ class _Local:
 
 
 def plan_balanced(draft: Draft, placements: list[Placement], weights: Weights, balance: Balance = "dp",
-                  stages: int = 1, pick=None, stretch=None) -> None:
-    """Fill ``draft`` with a balanced assignment (see the module docstring); ``pick`` and
-    ``stretch`` make the ``dp`` scheduler node-aware (``backfill.schedule``)."""
+                  stages: int = 1, free=None, stretch=None) -> None:
+    """Fill ``draft`` with a balanced assignment (see the module docstring); ``free`` (a
+    ``FreeRanks`` with a topology) and ``stretch`` make the ``dp`` scheduler node-aware (``backfill.schedule``)."""
     if balance == "dp":
-        per_rank, started = schedule(draft.lengths, placements, weights, draft.num_ranks, pick, stretch)
+        per_rank, started = schedule(draft.lengths, placements, weights, draft.num_ranks, free, stretch)
         _lay_out_jobs(draft, placements, per_rank, started)
         return
     n, lengths = draft.num_ranks, draft.lengths
