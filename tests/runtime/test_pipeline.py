@@ -46,8 +46,9 @@ def test_tau_orders_every_dependency_forward():
 
 
 def test_bubble_fraction_is_the_planners_formula():
-    assert bubble_fraction([2.0, 2.0], 1) == 0.0
-    assert bubble_fraction([1.0, 1.0, 2.0], 2) == 2.0 / 6.0
+    assert bubble_fraction([[2.0, 2.0]], 1) == 0.0
+    assert bubble_fraction([[1.0, 1.0, 2.0]], 2) == 2.0 / 6.0
+    assert bubble_fraction([[1.0, 1.0, 2.0], [], [3.0]], 3) == (2 * 2.0 + 2 * 3.0) / (4.0 + 3.0 + 4.0 + 6.0)
 
 
 def simulate(ring_lists: list[list[tuple[int, ...]]], stages: int) -> bool:
@@ -220,3 +221,65 @@ def test_pp2_equals_one_process(tmp_path, world, model_name, zero):
             torch.testing.assert_close(t, dict(model.named_parameters())[name].detach(), rtol=1e-9, atol=1e-12,
                                        msg=lambda m: f"rank {rank} {name}: {m}")
     assert set(params) == {n for n, _ in model.named_parameters()}  # the stages hold the whole model
+
+
+# -- the stage model, the refusals, the metrics (one process) --------------------------------------------
+
+
+def test_stage_models_hold_the_whole_models_values_and_compose_to_its_logits():
+    """Each stage of --pp 3 on ``small`` (4 layers: 2, 1, 1) has HF's names and exactly the full init's values;
+    chaining the stages' forwards gives the full model's logits bit for bit."""
+    from tests.conftest import plain_attention
+
+    cfg, cpu = get_model("small"), torch.device("cpu")
+    full = build_model(cfg, dtype=torch.float64, device=cpu, seed=5, attention=plain_attention)
+    values = dict(full.named_parameters())
+    stages = [build_model(cfg, dtype=torch.float64, device=cpu, seed=5, attention=plain_attention, stage=(s, 3))
+              for s in range(3)]
+    assert [[n for n in m.state_dict() if n.endswith("input_layernorm.weight")] for m in stages] == [
+        ["model.layers.0.input_layernorm.weight", "model.layers.1.input_layernorm.weight"],
+        ["model.layers.2.input_layernorm.weight"], ["model.layers.3.input_layernorm.weight"]]
+    assert stages[0].lm_head is None and stages[1].model.embed_tokens is None and stages[2].model.norm is not None
+    names = [n for m in stages for n, _ in m.named_parameters()]
+    assert names == list(values)  # every parameter once, in the full model's order
+    for m in stages:
+        for n, p in m.named_parameters():
+            assert torch.equal(p, values[n]), n
+    from types import SimpleNamespace
+
+    layout = SimpleNamespace(rings=(), spans=[SimpleNamespace(seq=0, start=0, end=12, pos_start=0, num_tokens=12)])
+    tokens, positions = torch.randint(0, cfg.vocab_size, (12,)), torch.arange(12)
+    x = tokens
+    for m in stages:
+        x = m(x, positions, layout)
+    assert torch.equal(x, full(tokens, positions, layout))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pp", "3"], "model tiny has 2 layers"),
+    (["--pp", "2", "--model", "tiny-moe"], "mixture-of-experts"),
+    (["--pp", "2", "--tp", "2"], "--tp 2"),
+    (["--pp", "2", "--offload"], "offloading"),
+    (["--pp", "2", "--export-hf", "x"], "--export-hf"),
+])
+def test_pp_refuses_what_it_cannot_run_in_one_line(capsys, flags, message):
+    from tests.run_cli import run_main
+
+    nproc = "3" if flags[1] == "3" else "4"
+    code, _, err = run_main(capsys, "train", "--nproc", nproc, "--steps", "1", "--model", "tiny", *flags)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_metrics_record_has_the_measured_and_the_planned_bubble():
+    from hdp.plan import build_cost_model
+    from hdp.plan.estimate import micro_batch_times
+    from hdp.runtime.observe.report import metrics_record
+    from hdp.runtime.train.step import StepResult
+
+    plan, cost = two_pipeline_plan(), build_cost_model(get_model("tiny"), pp=2)
+    res = StepResult(loss=1.0, grad_norm=1.0, tokens=68, local_tokens=0, local_micro_batches=0, pp_bubble=0.3)
+    rec = metrics_record(0, plan, res, 1.0, cost=cost)
+    times = micro_batch_times(plan, cost)
+    want = sum(max(t) for t in times) / (sum(max(t) for t in times) + sum(map(sum, times)))
+    assert rec["pp_bubble"] == 0.3 and rec["pp_bubble_predicted"] == pytest.approx(want, rel=1e-12)
+    assert "pp_bubble" not in metrics_record(0, plan, StepResult(1.0, 1.0, 68, 0, 0), 1.0, cost=cost)

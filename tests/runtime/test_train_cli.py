@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 METRIC_KEYS = {"step", "loss", "grad_norm", "tokens", "step_time_s", "tokens_per_s", "strategy", "rings", "max_ring",
                "micro_batches_min", "micro_batches_max", "offloaded_bytes", "tflops_per_device", "mfu", "lr", "zero",
                "param_dtype", "master_dtype", "grad_reduce_dtype", "loss_dtype", "recompute", "state_bytes",
-               "peak_memory_bytes", "planned_state_bytes", "rings_by_algo", "plan_wait_s", "planning_time_s"}
+               "peak_memory_bytes", "planned_state_bytes", "rings_by_algo", "plan_wait_s", "planning_time_s", "tp", "pp"}
 
 
 def hdp_train(*args: str, timeout: float = 100) -> subprocess.CompletedProcess:

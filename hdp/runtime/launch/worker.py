@@ -173,7 +173,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     ckpt, start_step = open_checkpoint(config, run.stream.corpus.doc_lengths, optimizer, rank, world_size)
     planned = planned_state_bytes(rank_num_params(model.cfg, mesh.tp) if tp is not None else optimizer.numel,
                                   dtype=config.dtype, zero=zero, world_size=hdp).total
-    fixed = {"zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
+    fixed = {"tp": mesh.tp, "pp": mesh.pp, "zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
              "planned_state_bytes": planned}
     offload = None
     if config.offload or offload_layers:
@@ -212,7 +212,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
             skipped = not result.finite and check_finite(result, batch, step, config.on_nan, rank)
             copied = offload.offloaded_bytes if offload else 0
             elapsed = step_elapsed(start, device)  # after the device finished the step: honest tokens/s
-            record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak),
+            record = {**metrics_record(step, plan, result, elapsed, copied, model=model.cfg, peak_tflops=peak,
+                                      cost=run.cost),
                       "lr": lr, **fixed, **step_memory(result, optimizer, device, world_size, step == config.steps - 1),
                       "plan_wait_s": plan_wait, "planning_time_s": planning}
             if config.overrides:  # a deliberate change of the checkpoint's config (--override)

@@ -16,10 +16,12 @@ from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.cost.device import load_profile
 from hdp.plan.cost.flops import batch_flops, mfu, tflops_per_device
 from hdp.plan.cost.model_config import ModelConfig
+from hdp.plan.estimate import micro_batch_times
 from hdp.plan.types import Plan
 from hdp.progress import Progress, elapsed
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.attention.ring.select import rings_by_algo
+from hdp.runtime.pipeline.schedule import bubble_fraction
 from hdp.runtime.train.step import StepResult
 
 
@@ -29,7 +31,7 @@ CPU_PROFILE = "cpu-small-1t"
 
 def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float,
                    offloaded_bytes: int = 0, *, model: ModelConfig | None = None,
-                   peak_tflops: float | None = None) -> dict[str, Any]:
+                   peak_tflops: float | None = None, cost: CostModel | None = None) -> dict[str, Any]:
     counts = [len(rp.micro_batches) for rp in plan.ranks]
     record = {
         "step": step,
@@ -50,6 +52,10 @@ def metrics_record(step: int, plan: Plan, result: StepResult, step_time_s: float
         record["rings_by_algo"] = rings_by_algo(plan, model.num_kv_heads)
     if model is not None and peak_tflops is not None:
         record.update(mfu_record(model, plan, step_time_s, peak_tflops))
+    if result.pp_bubble is not None:  # --pp: the stages' measured idle fraction, and the planner's for this plan
+        record["pp_bubble"] = result.pp_bubble
+        if cost is not None:
+            record["pp_bubble_predicted"] = bubble_fraction(micro_batch_times(plan, cost), cost.pp)
     return record
 
 

@@ -72,10 +72,10 @@ def stage_order(rank_slots: Sequence[int], stage: int, stages: int) -> list[Even
     return sorted(events, key=lambda e: tau(e.kind, stage, e.slot, stages))
 
 
-def bubble_fraction(times: Sequence[float], stages: int) -> float:
-    """The planner's idle fraction of one 1F1B pipeline (plan balance ``F_r``): (P - 1) M / (S + (P - 1) M)
-    for micro-batch times S = sum, M = max (each micro-batch runs t / P per stage)."""
-    if not times or stages <= 1:
-        return 0.0
-    idle = (stages - 1) * max(times)
-    return idle / (sum(times) + idle)
+def bubble_fraction(times: Sequence[Sequence[float]], stages: int) -> float:
+    """The planner's idle fraction of a step's stages (``plan.estimate``, balance ``F_r``): each stage of
+    pipeline r computes S_r = the sum of its micro-batch times (each t on every stage) and idles
+    (P - 1) M_r, M_r the largest; summed over pipelines, sum (P - 1) M_r / sum (S_r + (P - 1) M_r)."""
+    idle = sum((stages - 1) * max(t) for t in times if t)
+    total = idle + sum(sum(t) for t in times)
+    return idle / total if total > 0 else 0.0
