@@ -206,9 +206,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tp and --pp must be >= 1, got {args.tp} and {args.pp}")
     if args.balance == "dp" and args.pp != 1:
         raise ValueError("--balance dp contradicts --pp > 1: drop --balance (pipelines are balanced when --pp > 1)")
-    strategy = get_strategy(args.strategy, offload=args.offload)
-    if strategy.balance_by == "work":  # hdp-tail balances time whatever --balance-by says
-        strategy = strategy.replace(balance_by=args.balance_by)
+    strategy = get_strategy(args.strategy, offload=args.offload).replace(balance_by=args.balance_by)
     check_memory_arguments(args)
     check_tokenizer_flags(args)
     model = model_from_args(args)

@@ -25,14 +25,9 @@ from typing import Callable, Protocol, Sequence
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.types import Plan
 
-CANDIDATES = ("hdp", "hdp-wide", "hdp-tail", "hdp-balance", "pow2", "static", "hdp-offload", "hdp-naive")
-"""Tried in this order; the first of equally fast plans wins. ``hdp-wide`` and ``hdp-tail``
-only with a topology (without one they do not widen); they come early so that their plans, often
-the fastest, bound the rest. ``hdp-tail`` closes the tail: its scheduler equalises the
-estimate's own unit (cost-model time, ring transfers included), so ranks that would idle at the
-end of a step balanced by work take the work (1,024-4,096 ranks, byted/github: 1.01-1.04x the
-joint floor where ``hdp-wide`` reaches 1.04-1.27x)."""
-WIDENING = frozenset({"hdp-wide", "hdp-tail"})
+CANDIDATES = ("hdp", "hdp-wide", "hdp-balance", "pow2", "static", "hdp-offload", "hdp-naive")
+"""Tried in this order; the first of equally fast plans wins. ``hdp-wide`` only with a topology
+(without one it is ``hdp``); it comes early so that its plan, often the fastest, bounds the rest."""
 BOUNDED = frozenset({"hdp-balance", "pow2", "static", "hdp-offload", "hdp-naive"})
 """Candidates whose ring sizes are known before planning, so ``layout_bound`` applies."""
 SLACK = 1e-9
@@ -72,7 +67,7 @@ def choose(lengths: Sequence[int], num_ranks: int, cost: CostModel, plan_one: Pl
 
     ``plan_one(name)`` plans the batch with a named strategy (timed, not yet built), ``sizes_of(name)`` gives a bounded
     candidate's ring size per sequence; either raises one of ``errors`` when the candidate cannot
-    plan the batch. ``widen``: a topology is known, so ``hdp-wide`` and ``hdp-tail`` are candidates."""
+    plan the batch. ``widen``: a topology is known, so ``hdp-wide`` is a candidate."""
     best: Candidate | None = None
     best_name = ""
     times: dict[str, float] = {}
@@ -80,7 +75,7 @@ def choose(lengths: Sequence[int], num_ranks: int, cost: CostModel, plan_one: Pl
     skipped: dict[str, str] = {}
     first_error: Exception | None = None
     for name in CANDIDATES:
-        if name in WIDENING and not widen:
+        if name == "hdp-wide" and not widen:
             continue
         try:
             if best is not None and name in BOUNDED:

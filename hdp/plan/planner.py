@@ -206,8 +206,8 @@ def _plan_auto(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
                max_len: int | None, seed: int, topology: Topology | None) -> Plan:
     """``auto`` (``hdp.plan.auto``): every candidate with this batch, the fastest kept."""
     def named(name: str) -> Strategy:
-        s = get_strategy(name)  # auto's balance_by for the candidates that balance work (not hdp-tail)
-        return s.replace(balance_by=auto.balance_by) if s.layout == "fewest" and s.balance_by == "work" else s
+        s = get_strategy(name)
+        return s.replace(balance_by=auto.balance_by) if s.layout == "fewest" else s
 
     done: dict[str, Pending] = {}
 

@@ -63,11 +63,8 @@ HDP_BALANCE = Strategy("hdp-balance", "fewest", schedule=True, about="the balanc
 AUTO = Strategy("auto", "auto", about="the fastest of the strategies above by the planner's estimate, per batch (default)")
 HDP_WIDE = Strategy("hdp-wide", "fewest", schedule=True, offload=True, widen=True,
                     about="hdp + more ranks than the fewest where it shortens the step (whole nodes, critical rings)")
-HDP_TAIL = Strategy("hdp-tail", "fewest", schedule=True, offload=True, widen=True, balance_by="time",
-                    about="hdp-wide with the scheduler equalising cost-model time, not work: fills the step's tail")
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (STATIC, POW2, HDP_NAIVE, HDP_OFFLOAD, HDP, HDP_BALANCE, HDP_WIDE,
-                                                        HDP_TAIL, AUTO)}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (STATIC, POW2, HDP_NAIVE, HDP_OFFLOAD, HDP, HDP_BALANCE, HDP_WIDE, AUTO)}
 DEFAULT_STRATEGY = "auto"
 _WITH_OFFLOAD = {"hdp-naive": "hdp-offload", "hdp-balance": "hdp"}
 

@@ -140,8 +140,7 @@ def test_all_strategies_json(capsys):
     d = json.loads(out)
     assert "simulation_time_s" in d
     table = d["strategies"]
-    assert list(table) == ["static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-balance", "hdp-wide",
-                           "hdp-tail", "auto"]
+    assert list(table) == ["static", "pow2", "hdp-naive", "hdp-offload", "hdp", "hdp-balance", "hdp-wide", "auto"]
     # The joint floor (hdp.plan.floor, + sync) is plan-independent and at least the area floor.
     assert d["joint_floor_s"] >= table["auto"]["area_floor_s"] * (1 - 1e-12)
     static = table["static"]["step_time_s"]
@@ -175,7 +174,7 @@ def test_a_strategy_that_cannot_hold_the_batch_is_skipped_with_a_note(capsys):
     code, out, _ = run_cli(capsys, "--gpus", "64", "--tokens", "4000000", "--max-len", "2097152", "--json")
     assert code == 0
     d = json.loads(out)
-    assert set(d["strategies"]) == {"hdp-offload", "hdp", "hdp-wide", "hdp-tail", "auto"}  # only offloading holds 2M tokens on 64 GPUs
+    assert set(d["strategies"]) == {"hdp-offload", "hdp", "hdp-wide", "auto"}  # only offloading holds 2M tokens on 64 GPUs
     assert set(d["skipped"]) == {"static", "pow2", "hdp-naive", "hdp-balance"}
     assert "raise --gpus" in d["skipped"]["static"] and d["strategies"]["hdp"]["speedup_vs_static"] is None
     code, out, _ = run_cli(capsys, "--gpus", "64", "--tokens", "4000000", "--max-len", "2097152")
