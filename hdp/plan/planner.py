@@ -115,15 +115,10 @@ def make_plan(lengths: Sequence[int], num_ranks: int, capacity: int, cost: CostM
 
 @contextmanager
 def _no_cycle_collection() -> Iterator[None]:
-    """Python's cycle collector paused while a plan is built, and what it built handed to the
-    oldest generation.
-
-    A plan at 16,384 ranks is millions of small objects (segments, jobs, micro-batches) made in one
-    go; each collection walks all of them, which cost a third of static's and auto's planning time
-    (benchmarks/plan_speed.py), and re-enabled the collector's next young-generation pass would walk
-    them all again. ``freeze`` + ``unfreeze`` moves every tracked object to the oldest generation
-    without a pass (nothing stays frozen; skipped when the caller froze objects itself): they are
-    collected as usual at its next full collection."""
+    """The cycle collector paused while a plan is built: a plan at 16,384 ranks is millions of
+    small objects made at once, and each collection walked all of them (a third of static's and
+    auto's time). ``freeze`` + ``unfreeze`` then moves them to the oldest generation without a pass
+    (nothing stays frozen; skipped if the caller froze objects): collected at its next full pass."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -164,10 +159,16 @@ def _same_schedule(a: Strategy, b: Strategy) -> bool:
 
 
 def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel, s: Strategy,
-             max_len: int | None, seed: int, topology: Topology | None, base: Pending | None = None) -> Pending:
+             max_len: int | None, seed: int, topology: Topology | None, base: Pending | None = None,
+             memo: dict | None = None) -> Pending:
     """A named strategy's plan, not yet built (``make_plan``). ``base``: the same strategy without
-    widening, already planned (``auto`` has ``hdp``'s plan when it widens)."""
-    placements = fewest_placements(lengths, num_ranks, capacity, cost, s, topology)
+    widening, already planned (``auto`` has ``hdp``'s plan when it widens); ``memo``: placements and
+    widened candidates (with bounds) by what they depend on, shared by ``auto``'s candidates."""
+    memo = {} if memo is None else memo
+    key = (s.layout, s.offload, s.offload_cap)
+    if key not in memo:
+        memo[key] = fewest_placements(lengths, num_ranks, capacity, cost, s, topology)
+    placements = memo[key]
     if base is not None and _same_schedule(base.strategy, s):
         best = dataclasses.replace(base, strategy=s)
     else:
@@ -177,12 +178,14 @@ def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel,
         return best
     # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
     # critical rings (hdp.plan.schedule.critical).
-    aligned = round_up(lengths, placements, num_ranks, topology)
-    candidates = [] if aligned == placements else [aligned]
-    candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
-    for wide in candidates:
+    if ("widened", key) not in memo:
+        aligned = round_up(lengths, placements, num_ranks, topology)
+        candidates = [] if aligned == placements else [aligned]
+        candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
+        memo["widened", key] = [(w, layout_bound(lengths, [p.ranks for p in w], num_ranks, cost)) for w in candidates]
+    for wide, bound in memo["widened", key]:
         # A candidate whose bound already exceeds the best cannot replace it: not scheduled at all.
-        if layout_bound(lengths, [p.ranks for p in wide], num_ranks, cost) > best.predicted_step_time_s * (1 + SLACK):
+        if bound > best.predicted_step_time_s * (1 + SLACK):
             continue
         other = draft_placed(lengths, wide, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
                              topology=topology)
@@ -210,10 +213,11 @@ def _plan_auto(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
         return s.replace(balance_by=auto.balance_by) if s.layout == "fewest" else s
 
     done: dict[str, Pending] = {}
+    memo: dict = {}  # placements and widened candidates, shared by candidates that place alike
 
     def plan_one(name: str) -> Pending:
         base = done.get("hdp") if name == "hdp-wide" else None  # hdp-wide starts from hdp's plan
-        done[name] = _pending(lengths, num_ranks, capacity, cost, named(name), max_len, seed, topology, base)
+        done[name] = _pending(lengths, num_ranks, capacity, cost, named(name), max_len, seed, topology, base, memo)
         return done[name]
 
     def sizes_of(name: str) -> list[int]:
@@ -222,7 +226,10 @@ def _plan_auto(lengths: list[int], num_ranks: int, capacity: int, cost: CostMode
             return [cp] * len(lengths)
         if name == "pow2":
             return pow2_sizes(lengths, capacity, num_ranks)
-        return [p.ranks for p in fewest_placements(lengths, num_ranks, capacity, cost, named(name), topology)]
+        s = named(name)
+        if (key := (s.layout, s.offload, s.offload_cap)) not in memo:
+            memo[key] = fewest_placements(lengths, num_ranks, capacity, cost, s, topology)
+        return [p.ranks for p in memo[key]]
 
     return choose(lengths, num_ranks, cost, plan_one, sizes_of, widen=topology is not None, errors=(PlanError,))
 
