@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from hdp.runtime.attention.ring.comm import RingComm, stream_ordered
 
-ACTIVATION, GRADIENT = 11, 12
-"""Tags of the two streams (gloo matches by tag and order; ring transfers use lower tags)."""
+ACTIVATION, GRADIENT = 21, 22
+"""Tags of the two streams (gloo matches by tag and order), apart from the rings' (11-16) and the router's."""
 
 
 class StageLink:
