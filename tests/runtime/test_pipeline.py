@@ -283,3 +283,15 @@ def test_metrics_record_has_the_measured_and_the_planned_bubble():
     want = sum(max(t) for t in times) / (sum(max(t) for t in times) + sum(map(sum, times)))
     assert rec["pp_bubble"] == 0.3 and rec["pp_bubble_predicted"] == pytest.approx(want, rel=1e-12)
     assert "pp_bubble" not in metrics_record(0, plan, StepResult(1.0, 1.0, 68, 0, 0), 1.0, cost=cost)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(2, 400), min_size=1, max_size=14), st.integers(1, 5), st.integers(2, 4))
+def test_the_planners_pp_plans_never_deadlock(lengths, ranks, stages):
+    """Plans of the planner's ``pp`` balance mode (rings first, then packed micro-batches) simulate to the end."""
+    from hdp.plan import build_cost_model, make_plan
+
+    capacity = max(100, max(lengths) // ranks + 8)  # rings where a sequence is long, packing where short
+    plan = make_plan(lengths, ranks, capacity, build_cost_model(get_model("small"), pp=stages))
+    assert plan.pipeline_stages == stages
+    assert simulate([[mb.rings for mb in rp.micro_batches] for rp in plan.ranks], stages)
