@@ -132,6 +132,8 @@ def record_step(config: TrainConfig, plan: Plan, batch: Any, world_size: int, *,
         if fast:
             stack.enter_context(_fingerprint_once(plan))
             stack.enter_context(fast_meta_adds())
+        if not full:  # once for all ranks: it walks every loaded module
+            stack.enter_context(compute_skipped())
         with torch.device("meta"):  # the model only: a device context would also tax every later op
             decoder = _fake_model(config)
         model = decoder if full else AttentionSkeleton(decoder, run_layers)
@@ -152,8 +154,7 @@ def record_step(config: TrainConfig, plan: Plan, batch: Any, world_size: int, *,
                 optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero)
             recorder.reset()
             counter = HostSyncs()
-            with (recorder, rings, counter, contextlib.nullcontext() if full else compute_skipped(),
-                  around(model, optimizer) if around is not None else contextlib.nullcontext()):
+            with recorder, rings, counter, around(model, optimizer) if around is not None else contextlib.nullcontext():
                 train_step(model, optimizer, plan, batch, rank=rank, group=None, device=device,
                            timeout_s=config.timeout_s, max_grad_norm=config.max_grad_norm)
             out_ops.append(recorder.ops)
