@@ -43,6 +43,8 @@ class CostModel:
     _seq_times: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
     """``seq_time`` by (length, ring size): the planner asks for the same pairs hundreds of
     thousands of times at 16K ranks (scheduler weights, estimates, bounds). Pure, so a memo."""
+    _overheads: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
+    """``micro_batch_overhead`` by ring size (asked once per micro-batch and ring, as often)."""
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -100,7 +102,10 @@ class CostModel:
 
     def micro_batch_overhead(self, ring_size: int = 1) -> float:
         """Fixed cost of one micro-batch: per layer one launch set, k block steps in a ring."""
-        return self.layers * self.device.layer_overhead_s * max(ring_size, 1)
+        t = self._overheads.get(ring_size)
+        if t is None:
+            t = self._overheads[ring_size] = self.layers * self.device.layer_overhead_s * max(ring_size, 1)
+        return t
 
     def layer_time_fwd(self, length: float) -> float:
         return ATTN_FWD_SHARE * self.attn_layer_time(length) + LINEAR_FWD_SHARE * self.linear_layer_time(length)

@@ -77,23 +77,31 @@ class Draft:
         lengths, sizes = self.lengths, [len(m) for m in self.ring_ranks]
         exposure = _exposures(self, cost, topology) if topology is not None else None
         cache: dict[tuple, float] = {}
+        ring_t = [cost.seq_time(lengths[q], k) for q, k in zip(self.ring_seq, sizes)]
+        whole_t = list(map(cost.seq_time, lengths))
+        alone = cost.micro_batch_overhead(1)
         times = []
         for mbs in self.ranks:
             ts = []
             for mb in mbs:
+                # micro_batch_time: overhead, rings in order, then whole sequences in order
+                if not mb.rings:
+                    t = alone
+                    for q in mb.whole:
+                        t += whole_t[q]
+                    ts.append(t)
+                    continue
                 key = (tuple(mb.rings), tuple(mb.whole))
                 t = cache.get(key)
                 if t is None:
-                    # micro_batch_time: overhead, rings in order, then whole sequences in order
-                    t = cost.micro_batch_overhead(max((sizes[g] for g in mb.rings), default=1))
+                    t = cost.micro_batch_overhead(max(sizes[g] for g in mb.rings))
                     for g in mb.rings:
-                        t += cost.seq_time(lengths[self.ring_seq[g]], sizes[g])
+                        t += ring_t[g]
                     for q in mb.whole:
-                        t += cost.seq_time(lengths[q])
+                        t += whole_t[q]
                     if exposure is not None:
                         t = t + sum(exposure[g] for g in mb.rings)
-                    if mb.rings:
-                        cache[key] = t
+                    cache[key] = t
                 ts.append(t)
             times.append(ts)
         rep = replay_rings([[mb.rings for mb in mbs] for mbs in self.ranks], self.ring_ranks, times)
