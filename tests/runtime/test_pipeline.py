@@ -295,3 +295,33 @@ def test_the_planners_pp_plans_never_deadlock(lengths, ranks, stages):
     plan = make_plan(lengths, ranks, capacity, build_cost_model(get_model("small"), pp=stages))
     assert plan.pipeline_stages == stages
     assert simulate([[mb.rings for mb in rp.micro_batches] for rp in plan.ranks], stages)
+
+
+@pytest.mark.timeout(180)
+def test_hdp_train_pp2_on_4_processes_equals_one_process(tmp_path):
+    """The whole command (worker wiring, stage models, pool optimizer, world scalars, metrics): 2 pipelines
+    with 3 and 2 micro-batches sharing 2 rings, loss and grad norm of one process to 1e-9."""
+    from hdp.runtime.config import TrainConfig
+    from hdp.runtime.optim.lr_schedule import lr_at
+    from hdp.runtime.train.run import Run
+    from tests.runtime.test_train_cli import hdp_train, read_metrics
+
+    flags = dict(model="tiny", dtype="float64", global_batch_tokens=700, max_seq_len=300, steps=2)
+    metrics = tmp_path / "m.jsonl"
+    proc = hdp_train("--nproc", "4", "--pp", "2", "--capacity", "160", "--no-progress", "--metrics", str(metrics),
+                     *(x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", str(v))), timeout=170)
+    assert proc.returncode == 0, proc.stderr
+    records = read_metrics(metrics)
+    assert [r["micro_batches_min"] for r in records] == [2, 3] and records[0]["micro_batches_max"] == 3
+    assert all(r["rings"] >= 1 and r["tp"] == 1 and r["pp"] == 2 for r in records)
+    assert all(0 <= r["pp_bubble"] < 1 and 0 < r["pp_bubble_predicted"] < 1 for r in records)
+    cfg = TrainConfig(capacity=300, **flags)
+    run = Run.from_config(cfg)
+    model = build_model(get_model("tiny"), dtype=torch.float64, device=torch.device("cpu"), seed=cfg.seed)
+    opt = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    for step, rec in enumerate(records):
+        lr = lr_at(step, lr=cfg.lr, steps=cfg.lr_steps, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+                   min_lr=cfg.final_lr)
+        res = train_step(model, opt, run.plan(step, 1), run.stream.batch(step), rank=0, group=None,
+                         device=torch.device("cpu"), timeout_s=10, lr=lr, max_grad_norm=cfg.max_grad_norm)
+        assert res.loss == pytest.approx(rec["loss"], rel=1e-9) and res.grad_norm == pytest.approx(rec["grad_norm"], rel=1e-9)
