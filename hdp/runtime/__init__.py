@@ -9,6 +9,7 @@ checks it), and from ``hdp.plan`` / ``hdp.data``, never from ``hdp.sim`` or the 
 ``attention/``  the model's one attention call: token layout, exact local kernels, ``ring/`` variants
 ``model/``      the built-in decoder, the Hugging Face adapter and export, which model a run trains
 ``offload/``    selective activation offloading to pinned host memory
+``pipeline/``   ``--pp``: the 1F1B schedule of a step's slots, stage-to-stage transfers, one stage's executor
 ``optim/``      dtypes per part (precision), the ZeRO-sharded AdamW, the learning-rate schedule
 ``checkpoint/`` DCP save/restore of a run, checkpoint directories on disk
 ``train/``      one rank's inputs for a step, the train step, the rank-independent run (plans, data)
