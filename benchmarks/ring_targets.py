@@ -80,11 +80,11 @@ def run_cell(gpus: int, dist: str, strategies: list[str], algos: list[str], toke
     return out
 
 
-def report(cell: dict) -> list[str]:
+def report(cell: dict, rows: list[str] | tuple[str, ...] = HDP_ROWS) -> list[str]:
     lines = []
     flat_static = cell["by_algo"].get("flat", {}).get("static", {}).get("step_time_s")
     for algo, c in cell["by_algo"].items():
-        for name in HDP_ROWS:
+        for name in rows:
             h = c[name]
             parts = [f"{cell['gpus']:>6} {cell['dist']:<6} s{cell['seed']} {algo:<10} {name:<8} {h['step_time_s']:7.2f} s "
                      f"gap {h['gap_to_lower_bound']:.3f}x, {h['gap_to_area_floor']:.3f}x floor "
@@ -113,24 +113,33 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=1024, help="the first cells' GPUs (every strategy and algorithm)")
     ap.add_argument("--algos", default=",".join(ALGOS), help="ring algorithms of the first cells")
     ap.add_argument("--seeds", type=int, default=1, help="batches per cell: seeds 0..N-1 (default 1)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds S..S+N-1 instead (split a long run)")
+    ap.add_argument("--rows", default=",".join(HDP_ROWS), help=f"hdp rows beside static and pow2 (default "
+                    f"{','.join(HDP_ROWS)}; auto alone for the auto claims)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="write --out from these runs' cells (split seeds)")
     ap.add_argument("--jitter", type=float, default=0.0, help="lognormal kernel noise sigma (default 0, none)")
     ap.add_argument("--noise-seeds", type=int, default=3, help="noise seeds per plan with --jitter (default 3)")
     ap.add_argument("--out", default="benchmarks/results/ring_targets.json")
     args = ap.parse_args()
     noise = Noise(args.jitter) if args.jitter > 0 else None
     timing = {"noise": noise, "noise_seeds": args.noise_seeds}
+    rows = args.rows.split(",")
     cells = []
-    for seed in range(args.seeds):
+    if args.merge:
+        runs = [json.load(open(path)) for path in args.merge]
+        cells = [c for r in runs for c in r["cells"]]
+        args.seeds = len({c["seed"] for c in cells})
+    for seed in range(args.first_seed, args.first_seed + args.seeds) if not args.merge else ():
         for dist in args.dists.split(","):
-            cells.append(run_cell(args.gpus, dist, ["static", "pow2", *HDP_ROWS], args.algos.split(","), args.tokens,
+            cells.append(run_cell(args.gpus, dist, ["static", "pow2", *rows], args.algos.split(","), args.tokens,
                                   args.model, args.tp, seed, **timing))
-            print("\n".join(report(cells[-1])), flush=True)
+            print("\n".join(report(cells[-1], rows)), flush=True)
         for gpus in [int(g) for g in args.scale.split(",") if g]:
             for dist in args.dists.split(","):
-                strategies = (["static"] if args.static_at_scale else []) + ["pow2", *HDP_ROWS]
+                strategies = (["static"] if args.static_at_scale else []) + ["pow2", *rows]
                 cells.append(run_cell(gpus, dist, strategies, ["two-level"], args.tokens, args.model, args.tp, seed,
                                       **timing))
-                print("\n".join(report(cells[-1])), flush=True)
+                print("\n".join(report(cells[-1], rows)), flush=True)
     summary = auto_ranges(cells)
     print("\n".join(summary["lines"]))
     if noise:
