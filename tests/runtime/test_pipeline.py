@@ -260,7 +260,7 @@ def test_stage_models_hold_the_whole_models_values_and_compose_to_its_logits():
     (["--pp", "2", "--model", "tiny-moe"], "mixture-of-experts"),
     (["--pp", "2", "--tp", "2"], "--tp 2"),
     (["--pp", "2", "--offload"], "offloading"),
-    (["--pp", "2", "--export-hf", "x"], "--export-hf"),
+    (["--pp", "2", "--save-dir", "x"], "checkpoints"),
 ])
 def test_pp_refuses_what_it_cannot_run_in_one_line(capsys, flags, message):
     from tests.run_cli import run_main
@@ -300,7 +300,10 @@ def test_the_planners_pp_plans_never_deadlock(lengths, ranks, stages):
 @pytest.mark.timeout(180)
 def test_hdp_train_pp2_on_4_processes_equals_one_process(tmp_path):
     """The whole command (worker wiring, stage models, pool optimizer, world scalars, metrics): 2 pipelines
-    with 3 and 2 micro-batches sharing 2 rings, loss and grad norm of one process to 1e-9."""
+    with 3 and 2 micro-batches sharing 2 rings, loss and grad norm of one process to 1e-9, and the
+    --export-hf of the stages (gathered on rank 0) holds every parameter of one process after 2 steps."""
+    from safetensors.torch import load_file
+
     from hdp.runtime.config import TrainConfig
     from hdp.runtime.optim.lr_schedule import lr_at
     from hdp.runtime.train.run import Run
@@ -309,6 +312,7 @@ def test_hdp_train_pp2_on_4_processes_equals_one_process(tmp_path):
     flags = dict(model="tiny", dtype="float64", global_batch_tokens=700, max_seq_len=300, steps=2)
     metrics = tmp_path / "m.jsonl"
     proc = hdp_train("--nproc", "4", "--pp", "2", "--capacity", "160", "--no-progress", "--metrics", str(metrics),
+                     "--export-hf", str(tmp_path / "hf"),
                      *(x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", str(v))), timeout=170)
     assert proc.returncode == 0, proc.stderr
     records = read_metrics(metrics)
@@ -325,3 +329,7 @@ def test_hdp_train_pp2_on_4_processes_equals_one_process(tmp_path):
         res = train_step(model, opt, run.plan(step, 1), run.stream.batch(step), rank=0, group=None,
                          device=torch.device("cpu"), timeout_s=10, lr=lr, max_grad_norm=cfg.max_grad_norm)
         assert res.loss == pytest.approx(rec["loss"], rel=1e-9) and res.grad_norm == pytest.approx(rec["grad_norm"], rel=1e-9)
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert set(exported) == set(model.state_dict())
+    for name, t in model.state_dict().items():
+        torch.testing.assert_close(exported[name], t, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")

@@ -241,6 +241,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         from hdp.runtime.model.decoder import gather_model
 
         model = gather_model(model)
+    if mesh.pp > 1 and config.export_hf:  # pipeline 0's stages to rank 0 (collective)
+        from hdp.runtime.pipeline.gather import gather_stages
+
+        model = gather_stages(model, groups)
     if config.export_hf and rank == 0:
         from hdp.runtime.model.hf_export import export_hf
 

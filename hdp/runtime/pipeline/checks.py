@@ -18,8 +18,7 @@ def check_pp_run(config: TrainConfig, shape: ModelConfig) -> None:
                (shape.is_moe, "a mixture-of-experts model (the router losses span every stage's layers)"),
                (config.tp > 1, f"--tp {config.tp} (tensor and pipeline parallelism together)"),
                (config.offload or bool(config.offload_ratio), "activation offloading (--offload/--offload-ratio)"),
-               (bool(config.save_dir or config.resume), "checkpoints (--save-dir/--resume)"),
-               (config.export_hf is not None, "--export-hf")]
+               (bool(config.save_dir or config.resume), "checkpoints (--save-dir/--resume)")]
     what = [w for on, w in refused if on]
     if what:
         raise ValueError(f"--pp {pp} with {what[0]}: not supported yet")
