@@ -238,9 +238,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
         if dump is not None:
             dump.close()
     if tp is not None and config.export_hf:  # every TP group gathers (collective); rank 0 writes
-        from hdp.runtime.model.decoder import gather_model
+        from hdp.runtime.model.source import gather_full_model
 
-        model = gather_model(model)
+        model = gather_full_model(model)
     if mesh.pp > 1 and config.export_hf:  # pipeline 0's stages to rank 0 (collective)
         from hdp.runtime.pipeline.gather import gather_stages
 

@@ -28,6 +28,8 @@ from hdp.plan.cost.hf_config import MOE_FAMILIES, hf_model_shape
 from hdp.plan.cost.model_config import ModelConfig
 from hdp.runtime.model.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, register
 from hdp.runtime.model.decoder import LayerContext
+from hdp.runtime.model.hf_parallel import apply_tp_plan
+from hdp.runtime.model.tensor_parallel import TensorParallel, gather_parameters
 from hdp.runtime.model.moe import Routing
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", *MOE_FAMILIES)
@@ -121,12 +123,16 @@ def model_shape(config: Any, name: str) -> ModelConfig:
 class HFCausalLM(nn.Module):
     """A transformers causal LM with the built-in ``Decoder``'s forward: (tokens, positions, layout) -> logits."""
 
-    def __init__(self, hf: nn.Module, name: str = "hf") -> None:
+    def __init__(self, hf: nn.Module, name: str = "hf", tp: TensorParallel | None = None) -> None:
         super().__init__()
         register()
         hf.set_attn_implementation(ATTN_IMPLEMENTATION)  # transformers' own switch (checks the name is registered)
         self.hf = hf
         self.cfg = model_shape(hf.config, name)
+        self.tp = tp if tp is not None and tp.size > 1 else None
+        """``--tp``: this rank holds its shards of transformers' TP plan (``hf_parallel``); logits stay whole."""
+        if self.tp is not None:
+            apply_tp_plan(hf, self.tp)
         self.routing: list[Routing] = []
         """Each MoE layer's routing in the last forward, in layer order (empty for a dense model)."""
         if self.cfg.is_moe:
@@ -194,10 +200,12 @@ def _experts_kwargs(config: Any, dtype: torch.dtype) -> dict[str, str]:
 
 
 def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.device, seed: int,
-                   max_seq_len: int = 1 << 30, recompute: bool = False) -> HFCausalLM:
+                   max_seq_len: int = 1 << 30, recompute: bool = False,
+                   tp: TensorParallel | None = None) -> HFCausalLM:
     """Load ``source`` (a directory, or a config object) with hdp attention; weights if present, else random.
 
     A random init is seeded with ``seed`` alone, so every rank builds identical weights without a broadcast.
+    ``tp``: the whole model is loaded, then cut to this rank's shards (``hf_parallel.apply_tp_plan``).
     """
     from transformers import AutoModelForCausalLM
 
@@ -226,4 +234,22 @@ def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.devic
     hf.train()
     if recompute:  # transformers' own per-layer checkpointing, non-reentrant like the built-in model's
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return HFCausalLM(hf.to(device), name)
+    return HFCausalLM(hf.to(device), name, tp)
+
+
+def gather_hf(model: nn.Module) -> nn.Module:
+    """The single-process ``HFCausalLM`` (on the host) holding ``model``'s TP shards all-gathered: what
+    ``--export-hf`` writes. Collective over the TP group; ``model`` itself when it is not sharded."""
+    from transformers import AutoModelForCausalLM
+
+    tp = getattr(model, "tp", None)
+    if tp is None:
+        return model
+    full = gather_parameters([(n[len("hf."):], p) for n, p in model.named_parameters()], tp)
+    with _quiet_transformers():
+        hf = AutoModelForCausalLM.from_config(model.hf.config, dtype=next(model.parameters()).dtype)
+    missing, unexpected = hf.load_state_dict({k: v.cpu() for k, v in full.items()}, strict=False)
+    tied = {"lm_head.weight"} if model.hf.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"gathered HF model: missing {missing}, unexpected {unexpected}")
+    return HFCausalLM(hf, model.cfg.name)

@@ -35,10 +35,12 @@ def check_tp_run(config: TrainConfig, shape: ModelConfig) -> None:
         return
     from hdp.runtime.model.tensor_parallel import check_tp
 
-    if config.hf_model is not None:
-        raise ValueError(f"--tp {config.tp} with --hf-model: not supported yet (the built-in --model decoders "
-                         "run tensor parallel)")
-    check_tp(shape, config.tp, config.model)
+    check_tp(shape, config.tp, config.hf_model or config.model)
+    if config.hf_model is not None:  # transformers' own TP plan, applied by hdp.runtime.model.hf_parallel
+        from hdp.runtime.model.hf_model import load_hf_config
+        from hdp.runtime.model.hf_parallel import check_hf_tp
+
+        check_hf_tp(load_hf_config(config.hf_model, config.max_seq_len), config.tp, repr(config.hf_model))
     if config.save_dir or config.resume:
         raise ValueError(f"--tp {config.tp}: checkpoints (--save-dir/--resume) of tensor-parallel runs are not "
                          "supported yet")
@@ -65,7 +67,7 @@ def build_train_model(config: TrainConfig, device: torch.device, tp: Any = None,
                       stage: tuple[int, int] = (0, 1)) -> nn.Module:
     """The model every rank builds identically (weights from the directory, or seeded from ``--seed``),
     with its device's matmul precision set (``configure_matmul``: TF32 where float32 remains on CUDA).
-    ``tp`` (a ``tensor_parallel.TensorParallel``): this rank's shards of the built-in decoder; ``stage``
+    ``tp`` (a ``tensor_parallel.TensorParallel``): this rank's shards (either kind of model); ``stage``
     (s, P) with ``--pp``: only pipeline stage s's layers."""
     configure_matmul(device, config.torch_dtype)
     model: nn.Module
@@ -78,7 +80,19 @@ def build_train_model(config: TrainConfig, device: torch.device, tp: Any = None,
         from hdp.runtime.model.hf_model import build_hf_model
 
         model = build_hf_model(config.hf_model, dtype=config.torch_dtype, device=device, seed=config.seed,
-                               max_seq_len=config.max_seq_len, recompute=config.recompute == "full")
+                               max_seq_len=config.max_seq_len, recompute=config.recompute == "full", tp=tp)
     if model.cfg.is_moe:  # the train step's router losses (hdp.runtime.train.aux_loss) read it
         model.router_spec = config.router_spec
     return model
+
+
+def gather_full_model(model: nn.Module) -> nn.Module:
+    """The single-process model holding a TP-sharded ``model``'s shards all-gathered (``--export-hf``);
+    collective over the TP group."""
+    if getattr(model, "hf", None) is not None:
+        from hdp.runtime.model.hf_model import gather_hf
+
+        return gather_hf(model)
+    from hdp.runtime.model.decoder import gather_model
+
+    return gather_model(model)

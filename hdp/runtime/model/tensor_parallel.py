@@ -61,8 +61,9 @@ def check_tp(cfg: ModelConfig, tp: int, name: str) -> None:
 
 SPLIT_DIM = {"embed_tokens.weight": 0, "lm_head.weight": 0, "q_proj.weight": 0, "k_proj.weight": 0,
              "v_proj.weight": 0, "gate_proj.weight": 0, "up_proj.weight": 0, "o_proj.weight": 1,
-             "down_proj.weight": 1}
-"""Which dimension of each (HF-named) parameter TP splits: 0 column-parallel / vocab rows, 1 row-parallel."""
+             "down_proj.weight": 1, "q_proj.bias": 0, "k_proj.bias": 0, "v_proj.bias": 0}
+"""Which dimension of each (HF-named) parameter TP splits: 0 column-parallel / vocab rows, 1 row-parallel
+(the biases: Qwen2's q/k/v, column-parallel, with ``--hf-model``)."""
 
 
 def split_dim(name: str) -> int | None:
