@@ -200,6 +200,7 @@ def _rank(rank: int, world: int, pp: int, model_name: str, zero: int, port: int,
     dist.destroy_process_group()
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("world, model_name, zero", [(2, "tiny", 0), (4, "tiny", 1)])
 @pytest.mark.timeout(120)
 def test_pp2_equals_one_process(tmp_path, world, model_name, zero):
@@ -260,7 +261,6 @@ def test_stage_models_hold_the_whole_models_values_and_compose_to_its_logits():
     (["--pp", "2", "--model", "tiny-moe"], "mixture-of-experts"),
     (["--pp", "2", "--tp", "2"], "--tp 2"),
     (["--pp", "2", "--offload"], "offloading"),
-    (["--pp", "2", "--save-dir", "x"], "checkpoints"),
 ])
 def test_pp_refuses_what_it_cannot_run_in_one_line(capsys, flags, message):
     from tests.run_cli import run_main
@@ -297,6 +297,7 @@ def test_the_planners_pp_plans_never_deadlock(lengths, ranks, stages):
     assert simulate([[mb.rings for mb in rp.micro_batches] for rp in plan.ranks], stages)
 
 
+@pytest.mark.dist
 @pytest.mark.timeout(180)
 def test_hdp_train_pp2_on_4_processes_equals_one_process(tmp_path):
     """The whole command (worker wiring, stage models, pool optimizer, world scalars, metrics): 2 pipelines
