@@ -168,7 +168,7 @@ def auto_ranges(cells: list[dict], key: str = "step_time_s") -> dict:
             for base in ("pow2", "static", "hdp"):
                 if c.get(base, {}).get(key):
                     g.setdefault(base, []).append(c[base][key] / c["auto"][key])
-            if algo in cell.get("joint_floor_s", {}):  # auto over the floor: at least 1
+            if algo in cell.get("joint_floor_s", {}):  # below 1 where the simulator times a plan under the estimate
                 g.setdefault("auto/joint_floor", []).append(c["auto"][key] / cell["joint_floor_s"][algo])
     lines, ranges = [], {}
     for key, by in groups.items():
