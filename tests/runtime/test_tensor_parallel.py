@@ -80,7 +80,6 @@ def test_state_bytes_of_a_tp_shard_equal_the_formula():
 
 @pytest.mark.parametrize("argv, says", [
     (["--model", "tiny-moe"], "mixture of experts"),
-    (["--model", "tiny", "--save-dir", "CKPT"], "checkpoints"),
 ])
 def test_what_tp_cannot_do_yet_is_one_line(capsys, tmp_path, argv, says):
     argv = [str(tmp_path / "c") if a == "CKPT" else a for a in argv]

@@ -30,7 +30,8 @@ EXACT_FIELDS = ("model", "hf_model", "dtype", "seed", "global_batch_tokens", "ma
 LATER_FIELDS = {"aux_loss": "document", "aux_loss_coef": DEFAULT_AUX_LOSS_COEF, "z_loss_coef": 0.0, "tp": 1, "pp": 1}
 """Fields checked too, added after the first checkpoints were written: a manifest without one was saved
 with its value here (the router losses' defaults; no tensor or pipeline parallelism). ``tp``/``pp`` decide
-how the saved shards are cut, so a resume with another T or P is refused until resharding exists."""
+how the saved shards are cut (one tensor per (stage, TP index), ``coords``), so a resume with another T or P
+is refused (resharding across T or P does not exist); another number of HDP ranks is resharded by DCP."""
 
 
 def step_dir(save_dir: str, step: int) -> str:
@@ -122,9 +123,10 @@ def check_compatible(manifest: dict[str, Any], exact: dict[str, Any], layout: li
     if manifest["data"] != data_id:
         raise ValueError(f"checkpoint {path!r} was trained on other data ({manifest['data'][:16]}…, this --data "
                          f"is {data_id[:16]}…): resume with the --data and --tokenizer it was saved with")
-    if layout is not None and manifest["layout"] != layout:
-        raise ValueError(f"checkpoint {path!r} holds another model's parameters ({len(manifest['layout'])} tensors, "
-                         f"{sum(e[2] for e in manifest['layout']):,} elements; this model: {len(layout)}, "
+    saved_layout = manifest["layout"] or []  # with --tp/--pp: this coordinate's (``coords.saved_for``)
+    if layout is not None and saved_layout != layout:
+        raise ValueError(f"checkpoint {path!r} holds another model's parameters ({len(saved_layout)} tensors, "
+                         f"{sum(e[2] for e in saved_layout):,} elements; this model: {len(layout)}, "
                          f"{sum(e[2] for e in layout):,}): resume with the --model it was saved with")
 
 

@@ -10,6 +10,11 @@ whole tensor), and DCP's load-time resharding reads them from whichever files ho
 checkpoint of 3 ranks resumes on 4 or on 1. The parameter layout (names, offsets, shapes) does not
 depend on the world size, only the padding at the end does.
 
+With ``--tp``/``--pp`` each (stage, TP index) coordinate's buffers are tensors of their own
+(``coords``): keys ``stage{s}.tp{t}.<state>``, Shard(0) over that coordinate's HDP pool (the "hdp"
+dimension of an (hdp, pp, tp) CPU mesh), so a resume on another number of HDP ranks with the same T
+and P reshards each coordinate alone; the manifest's ``layout`` and ``numel`` are maps by coordinate.
+
 The step, Adam's step count and the RNG state ride in ``hdp.json`` (``checkpoint_files``), which
 rank 0 writes into the temporary directory after DCP's files, before the rename.
 """
@@ -30,10 +35,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from hdp.runtime.checkpoint import files
+from hdp.runtime.checkpoint.coords import saved_for, shard_of
 from hdp.runtime.checkpoint.compare import comparable_exact, exact_config
 from hdp.runtime.config import TrainConfig
 from hdp.runtime.optim.zero import ShardedAdamW
 from hdp.runtime.parallel import groups as run_groups
+from hdp.runtime.parallel.mesh import Mesh
 
 STATES = ("param", "master", "exp_avg", "exp_avg_sq")
 
@@ -51,9 +58,13 @@ class Checkpointer:
         # Barriers and DCP's object collectives on the run's gloo group (parallel.groups): waiting while
         # rank 0 writes the manifest must not count against NCCL's watchdog, and an async save's
         # background collectives never pair with training's (a group of their own).
-        host = run_groups.current().host
+        groups = run_groups.current()
+        host = groups.host
         self.group = host if host is not None else dist.new_group(backend="gloo") if config.async_save else None
-        self.mesh = init_device_mesh("cpu", (world_size,))
+        mesh = groups.mesh if groups.mesh.world_size == world_size else Mesh(world_size)
+        self.shard = shard_of(mesh, groups.coord, rank)  # keys and pool of this (stage, TP index)
+        self.mesh = (init_device_mesh("cpu", (world_size,)) if mesh.trivial else  # the HDP pool's sub-mesh
+                     init_device_mesh("cpu", (mesh.hdp, mesh.pp, mesh.tp), mesh_dim_names=("hdp", "pp", "tp"))["hdp"])
         self._pending: tuple[Future, int] | None = None
         self.source: str | None = None
         """The checkpoint this run resumed from (None: a fresh run)."""
@@ -65,14 +76,12 @@ class Checkpointer:
         o = self.optimizer
         lo, hi = o.shard_range
         param = o.flat_param if o.zero == 0 else o.flat_param[lo:hi]
-        return {"param": param, "master": o.master, "exp_avg": o.exp_avg, "exp_avg_sq": o.exp_avg_sq}
+        return {self.shard.key(k): t for k, t in
+                (("param", param), ("master", o.master), ("exp_avg", o.exp_avg), ("exp_avg_sq", o.exp_avg_sq))}
 
     def _chunk(self) -> tuple[int, int]:
-        """This rank's slice of ``[0, numel)`` under Shard(0): torch.chunk's rule, the zero-1 shard."""
-        n = self.optimizer.numel
-        size = -(-n // self.world_size)
-        lo = min(n, self.rank * size)
-        return lo, min(n, lo + size)
+        """This rank's slice of its coordinate's ``[0, numel)`` (``coords.Shard.chunk``: the zero-1 shard)."""
+        return self.shard.chunk(self.optimizer.numel)
 
     def _sharded(self, tensors: dict[str, torch.Tensor], copy: bool) -> dict[str, Any]:
         """Each flat tensor's valid part as a Shard(0) DTensor of ``numel`` elements; ``copy``: a host copy
@@ -151,17 +160,27 @@ class Checkpointer:
     def _digests(self, tmp: str) -> dict[str, list[Any]] | None:
         """Each rank hashes only the files it wrote (``files.own_files``); rank 0 gets them all (None elsewhere)."""
         mine = files.digests(tmp, files.own_files(tmp, self.rank))
+        self._layouts = {self.shard.name: (layout_of(self.optimizer), self.optimizer.numel)}
         if self.world_size == 1:
             return mine
         gathered: list[Any] = [None] * self.world_size if self.rank == 0 else []
-        dist.gather_object(mine, gathered if self.rank == 0 else None, dst=0, group=self.group)
-        return {name: d for part in gathered for name, d in part.items()} if self.rank == 0 else None
+        part = (mine, self._layouts)  # every coordinate's layout rides along for rank 0's manifest
+        dist.gather_object(part, gathered if self.rank == 0 else None, dst=0, group=self.group)
+        if self.rank != 0:
+            return None
+        self._layouts = {k: v for _, layouts in gathered for k, v in layouts.items()}
+        return {name: d for digests, _ in gathered for name, d in digests.items()}
 
     def _manifest(self, step: int) -> dict[str, Any]:
+        """Plain HDP: ``numel`` and ``layout`` of the one model; with --tp/--pp, maps by coordinate name."""
+        by_coord = self.shard.name != ""
+        layouts = dict(sorted(self._layouts.items()))
+        numel = {k: n for k, (_, n) in layouts.items()} if by_coord else self.optimizer.numel
+        layout = {k: lay for k, (lay, _) in layouts.items()} if by_coord else layout_of(self.optimizer)
         return {"format": files.FORMAT, "step": step, "adam_steps": self.optimizer.num_steps,
-                "world_size": self.world_size, "zero": self.optimizer.zero, "numel": self.optimizer.numel,
+                "world_size": self.world_size, "zero": self.optimizer.zero, "numel": numel,
                 "config": exact_config(self.config), "save_every": self.config.save_every,
-                "overrides": list(self.config.overrides), "data": self.data_id, "layout": layout_of(self.optimizer),
+                "overrides": list(self.config.overrides), "data": self.data_id, "layout": layout,
                 "run_config": self.config.run_config,  # the flags as TOML: hdp train --config replays them
                 "rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
 
@@ -169,8 +188,8 @@ class Checkpointer:
     def restore(self, path: str) -> int:
         """Load checkpoint ``path`` into the optimizer and model; returns the step to continue from."""
         manifest = self._read_manifest(path)
-        files.check_compatible(manifest, comparable_exact(self.config, manifest), layout_of(self.optimizer),
-                               self.data_id, path)
+        files.check_compatible({**manifest, "layout": saved_for(manifest, "layout", self.shard)},
+                               comparable_exact(self.config, manifest), layout_of(self.optimizer), self.data_id, path)
         o = self.optimizer
         for name, live in self._flat().items():  # one buffer at a time: the host stages one shard, not four
             self._load_into(name, live, path)

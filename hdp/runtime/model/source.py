@@ -41,9 +41,6 @@ def check_tp_run(config: TrainConfig, shape: ModelConfig) -> None:
         from hdp.runtime.model.hf_parallel import check_hf_tp
 
         check_hf_tp(load_hf_config(config.hf_model, config.max_seq_len), config.tp, repr(config.hf_model))
-    if config.save_dir or config.resume:
-        raise ValueError(f"--tp {config.tp}: checkpoints (--save-dir/--resume) of tensor-parallel runs are not "
-                         "supported yet")
 
 
 def matmul_precision(device_type: str, dtype: torch.dtype) -> str | None:

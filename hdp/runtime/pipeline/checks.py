@@ -17,8 +17,7 @@ def check_pp_run(config: TrainConfig, shape: ModelConfig) -> None:
     refused = [(config.hf_model is not None, "--hf-model (the built-in --model decoders run pipelined)"),
                (shape.is_moe, "a mixture-of-experts model (the router losses span every stage's layers)"),
                (config.tp > 1, f"--tp {config.tp} (tensor and pipeline parallelism together)"),
-               (config.offload or bool(config.offload_ratio), "activation offloading (--offload/--offload-ratio)"),
-               (bool(config.save_dir or config.resume), "checkpoints (--save-dir/--resume)")]
+               (config.offload or bool(config.offload_ratio), "activation offloading (--offload/--offload-ratio)")]
     what = [w for on, w in refused if on]
     if what:
         raise ValueError(f"--pp {pp} with {what[0]}: not supported yet")
