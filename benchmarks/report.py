@@ -210,6 +210,25 @@ table("rings_70b", "python benchmarks/ring_targets.py --model llama-70b --tp 8 -
       "--out benchmarks/results/ring_targets_70b.json", "ring_targets_70b.json")(rings)
 
 
+@table("rings_noise", "python benchmarks/ring_targets.py --seeds 5 --rows auto --algos two-level --scale 4096 "
+       "--jitter 0.1 --noise-seeds 3 --out benchmarks/results/ring_targets_jitter.json", "ring_targets_jitter.json")
+def rings_noise(data: dict) -> str:
+    def cell(r: dict | None) -> str:
+        return "–" if r is None else f"{r['min']:.3f}–{r['max']:.3f}x ({r['geomean']:.3f}x)"
+
+    rows = []
+    for key, clean in data["auto_ranges_clean"].items():
+        noisy = data["auto_ranges"][key]
+        gpus, dist, algo = key.split()
+        rows.append([f"{int(gpus):,}", DIST[dist], algo] + [cell(by.get(b)) for by in (clean, noisy)
+                                                          for b in ("pow2", "static")])
+    head = ["GPUs", "batch", "ring algo", "auto vs pow2", "auto vs static", f"jitter {data['jitter']:g}: vs pow2",
+            f"jitter {data['jitter']:g}: vs static"]
+    return (f"{data['model']}, 2M max, seeds 0–{data['seeds'] - 1} (one batch each), 32M tokens per 1,024 GPUs; "
+            f"`auto`'s speedup, min–max over seeds (geometric mean), without noise and with lognormal kernel "
+            f"jitter {data['jitter']:g} (mean of {data['noise_seeds']} noise seeds; the same plans):\n\n" + grid(head, rows))
+
+
 # ---- planner ------------------------------------------------------------------------------------
 
 @table("plan_speed", "python benchmarks/plan_speed.py | grep '^{' > benchmarks/results/plan_speed.jsonl",
