@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections import deque
 from itertools import islice, repeat
 from operator import add, floordiv, sub
 
@@ -39,26 +40,33 @@ def _cuts(length: int, ring_size: int) -> list[int]:
     return list(map(floordiv, range(0, (n + 1) * length, length), repeat(n, n + 1))) if length else [0] * (n + 1)
 
 
-def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, ...]]:
-    """``member_segments`` of every position at once: what a plan with thousands of members per
-    ring is built from."""
+def ring_pieces(seq: int, length: int, ring_size: int) -> tuple[list[Segment | None], list[Segment | None]]:
+    """Every member's two pieces at once, as segments (None: a piece with no tokens): ``fronts[i]``
+    is piece i, ``backs[i]`` piece 2k-1-i. C-level passes, without a Python step per member: what
+    a static plan's millions of segments are built from."""
     k, n = ring_size, 2 * ring_size
-    if length >= n:  # every piece holds at least floor(L / 2k) >= 1 token: pair them without a check
+    if length >= n:  # every piece holds at least floor(L / 2k) >= 1 token
         c = _cuts(length, k)
         pieces = list(map(tuple.__new__, repeat(Segment, n), zip(repeat(seq, n), c, islice(c, 1, None))))
-        return list(zip(pieces[:k], pieces[:k - 1:-1]))
+        return pieces[:k], pieces[:k - 1:-1]
     # Fewer tokens than pieces: each non-empty piece is one token, token t in piece
-    # j = ceil((t+1) 2k / L) - 1 (increasing in t); pieces j < k open their member's tuple, the
-    # mirrors j >= k (member 2k-1-j) come after every opening one.
+    # j = ceil((t+1) 2k / L) - 1 (increasing in t); pieces j >= k are the backs of members 2k-1-j.
     js = list(map(floordiv, range(n - 1, length * n, n), repeat(length, length)))
     pieces = list(map(tuple.__new__, repeat(Segment, length), zip(repeat(seq, length), range(length), range(1, length + 1))))
-    out: list[tuple[Segment, ...]] = [()] * k
     split = bisect_left(js, k)
-    for j, piece in zip(js[:split], pieces[:split]):
-        out[j] = (piece,)
-    for j, piece in zip(js[split:], pieces[split:]):
-        out[n - 1 - j] += (piece,)
-    return out
+    fronts: list[Segment | None] = [None] * k
+    backs: list[Segment | None] = [None] * k
+    deque(map(fronts.__setitem__, js[:split], pieces[:split]), maxlen=0)  # scatter, C-level
+    deque(map(backs.__setitem__, map(sub, repeat(n - 1), js[split:]), pieces[split:]), maxlen=0)
+    return fronts, backs
+
+
+def ring_segments(seq: int, length: int, ring_size: int) -> list[tuple[Segment, ...]]:
+    """``member_segments`` of every position at once (``ring_pieces`` paired)."""
+    fronts, backs = ring_pieces(seq, length, ring_size)
+    if length >= 2 * ring_size:
+        return list(zip(fronts, backs))
+    return [tuple(filter(None, pair)) for pair in zip(fronts, backs)]
 
 
 def member_shares(length: int, ring_size: int) -> list[int]:

@@ -10,7 +10,7 @@ a planner that compares candidates builds only the plan it keeps.
 from __future__ import annotations
 
 import dataclasses
-from itertools import chain
+from functools import partial
 from dataclasses import dataclass, field
 
 from hdp.plan.cost.cost_model import CostModel
@@ -19,7 +19,7 @@ from hdp.plan.replay import replay_rings
 from hdp.plan.schedule.sharding import offload_ratio_of
 from hdp.plan.cost.topology import Topology, ring_algo_for
 from hdp.plan.types import MicroBatch, Plan, RankPlan, Ring, Segment, Sequence
-from hdp.plan.zigzag import ring_segments
+from hdp.plan.zigzag import ring_pieces
 
 
 @dataclass(slots=True)
@@ -124,7 +124,8 @@ class Draft:
             if pos is None:
                 pos = by_members[key] = {r: i for i, r in enumerate(m)}
             position.append(pos)
-        pieces = [ring_segments(s, self.lengths[s], len(m)) for s, m in zip(self.ring_seq, self.ring_ranks)]
+        pieces = [ring_pieces(s, self.lengths[s], len(m)) for s, m in zip(self.ring_seq, self.ring_ranks)]
+        dense = [self.lengths[s] >= 2 * len(m) for s, m in zip(self.ring_seq, self.ring_ranks)]  # no empty piece
         shared: dict[tuple[int, ...], dict[int, tuple[Segment, ...]] | None] = {}
         rank_plans = []
         for rank, mbs in enumerate(self.ranks):
@@ -134,7 +135,7 @@ class Draft:
                 if len(mb.rings) > 1:
                     key = tuple(mb.rings)
                     if key not in shared:
-                        shared[key] = _columns(key, position, pieces)
+                        shared[key] = _columns(key, position, pieces, dense)
                     cols = shared[key]
                 if len(mb.rings) > 1 and cols is not None:
                     segs = cols[rank]
@@ -143,7 +144,11 @@ class Draft:
                 else:
                     segs = []
                     for g in mb.rings:
-                        segs.extend(pieces[g][position[g][rank]])
+                        i = position[g][rank]
+                        if (front := pieces[g][0][i]) is not None:
+                            segs.append(front)
+                        if (back := pieces[g][1][i]) is not None:
+                            segs.append(back)
                     segs.extend(Segment(s, 0, self.lengths[s]) for s in mb.whole)
                 out.append(MicroBatch(tuple(segs), tuple(mb.rings), offload_ratio_of(mb.offload_layers, cost.layers),
                                       mb.token_limit or self.capacity, mb.offload_layers))
@@ -163,16 +168,19 @@ class Draft:
         return dataclasses.replace(plan, predicted_step_time_s=predicted, lower_bound_s=bound)
 
 
-def _columns(rings: tuple[int, ...], position: list[dict[int, int]],
-             pieces: list[list[tuple[Segment, ...]]]) -> dict[int, tuple[Segment, ...]] | None:
+def _columns(rings: tuple[int, ...], position: list[dict[int, int]], pieces: list[tuple[list, list]],
+             dense: list[bool]) -> dict[int, tuple[Segment, ...]] | None:
     """Every member's segments of a micro-batch of several rings over the same members (a static
     mesh's micro-batch: hundreds of rings on a CP group), ring by ring, built at once per member
     set instead of once per rank; None when the rings' members differ."""
     pos = position[rings[0]]
     if any(position[g] is not pos for g in rings):
         return None
-    columns = zip(*(pieces[g] for g in rings))  # position i -> the i-th member's pieces of each ring
-    return dict(zip(pos, map(tuple, map(chain.from_iterable, columns))))
+    # position i -> the i-th member's front and back piece of each ring, ring by ring
+    columns = zip(*(side for g in rings for side in pieces[g]))
+    if not all(dense[g] for g in rings):  # drop the pieces with no tokens
+        columns = map(tuple, map(partial(filter, None), columns))
+    return dict(zip(pos, columns))
 
 
 def _exposures(draft: Draft, cost: CostModel, topology: Topology) -> list[float]:
