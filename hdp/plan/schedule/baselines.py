@@ -78,19 +78,24 @@ def plan_static(draft: Draft, max_len: int) -> int:
     bins: list[list[int]] = []  # the sequences of each micro-batch
     used: list[int] = []  # each bin's per-member tokens, packed
     totals: list[int] = []  # tokens of each bin (the sum of its per-member tokens)
+    # Bins only fill up, so a bin that refused a length refuses it for good: the next sequence of
+    # the same length starts where the last one went (same first fit, a scan less per duplicate).
+    went: dict[int, int] = {}
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         total = lengths[i]  # members' shares add up to the sequence
         share = packed.share(total)
-        for b, t in enumerate(totals):
-            if t + total <= cp * cap and packed.fits(used[b], share):
+        for b in range(went.get(total, 0), len(bins)):
+            if totals[b] + total <= cp * cap and packed.fits(used[b], share):
                 bins[b].append(i)
                 used[b] += share
                 totals[b] += total
                 break
         else:
+            b = len(bins)
             bins.append([i])
             used.append(share)
             totals.append(total)
+        went[total] = b
     heap = [(0, g) for g in range(dp)]
     groups: list[list[list[int]]] = [[] for _ in range(dp)]
     for b in sorted(range(len(bins)), key=lambda b: (-totals[b], bins[b][0])):
