@@ -20,11 +20,11 @@ from hdp.plan.schedule.baselines import plan_pow2, plan_static, pow2_sizes, stat
 from hdp.plan.cost.cost_model import CostModel
 from hdp.plan.schedule.critical import widened_candidates
 from hdp.plan.schedule.draft import Draft
-from hdp.plan.schedule.free_ranks import FreeRanks
+from hdp.plan.schedule.free_ranks import FreeRanks, memo_stretch
 from hdp.plan.estimate import time_bound
 from hdp.plan.schedule.sharding import Placement, PlanError, offload_token_limit, place
 from hdp.plan.strategies import Strategy, get_strategy
-from hdp.plan.cost.topology import Topology, ring_stretch
+from hdp.plan.cost.topology import Topology
 from hdp.plan.schedule.whole_nodes import round_down, round_up
 from hdp.plan.types import Plan
 from hdp.plan.zigzag import ranks_needed
@@ -172,8 +172,7 @@ def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel,
     if base is not None and _same_schedule(base.strategy, s):
         best = dataclasses.replace(base, strategy=s)
     else:
-        best = draft_placed(lengths, placements, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
-                            topology=topology)
+        best = draft_placed(lengths, placements, num_ranks, capacity, cost, s, max_len, seed, topology, memo)
     if topology is None or not s.widen:
         return best
     # Widening: the fastest by the estimate of the fewest-ranks plan, whole nodes, and wider
@@ -187,8 +186,7 @@ def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel,
         # A candidate whose bound already exceeds the best cannot replace it: not scheduled at all.
         if bound > best.predicted_step_time_s * (1 + SLACK):
             continue
-        other = draft_placed(lengths, wide, num_ranks, capacity, cost, s, max_len=max_len, seed=seed,
-                             topology=topology)
+        other = draft_placed(lengths, wide, num_ranks, capacity, cost, s, max_len, seed, topology, memo)
         if other.predicted_step_time_s < best.predicted_step_time_s:
             best = other
     return best
@@ -261,8 +259,8 @@ def plan_placed(lengths: list[int], placements: list[Placement], num_ranks: int,
 
 def draft_placed(lengths: list[int], placements: list[Placement], num_ranks: int, capacity: int, cost: CostModel,
                  strategy: Strategy, max_len: int | None = None, seed: int = 0,
-                 topology: Topology | None = None) -> Pending:
-    """``plan_placed``, timed but not built.
+                 topology: Topology | None = None, memo: dict | None = None) -> Pending:
+    """``plan_placed``, timed but not built (``memo``: ring stretches shared by one batch's drafts).
 
     The plan says ``"fewest_ranks": true`` when every sequence is on its fewest ranks for its
     micro-batch's token limit (docs/plan-format.md rule 4), so the validator checks the rule."""
@@ -278,9 +276,7 @@ def draft_placed(lengths: list[int], placements: list[Placement], num_ranks: int
         free = stretch = None
         if topology is not None:
             free = FreeRanks(num_ranks, topology)  # rings placed by node (``pick_members``)
-
-            def stretch(seq: int, members: tuple[int, ...]) -> float:
-                return ring_stretch(cost, topology, lengths[seq], members)
+            stretch = memo_stretch(cost, topology, lengths, {} if memo is None else memo.setdefault("stretch", {}))
         plan_balanced(draft, placements, weights_for(cost, strategy.balance_by), "pp" if pipelines else "dp",
                       stages=cost.pp, free=free, stretch=stretch)
     else:

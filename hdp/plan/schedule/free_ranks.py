@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import bisect
 
-from hdp.plan.cost.topology import Topology, _greedy, two_level_widths
+from hdp.plan.cost.cost_model import CostModel
+from hdp.plan.cost.topology import Topology, _greedy, node_counts, ring_stretch, two_level_widths
 
 
 class FreeRanks:
@@ -98,3 +99,19 @@ class FreeRanks:
                     if len(fits) >= k // g:
                         return self.take(sorted(r for n in fits[:k // g] for r in self.on[n][:g]))
         return self.take(sorted(_greedy({n: self.on[n] for n in self.nonempty}, k)))
+
+
+def memo_stretch(cost: CostModel, topology: Topology, lengths: list[int], memo: dict):
+    """``ring_stretch`` for the scheduler, once per (length, members per node): a ring's algorithm,
+    shape and transfers depend on its members only through how many sit on each node, and the
+    drafts of one batch ask for the same rings again and again."""
+    rpn = topology.ranks_per_node
+
+    def stretch(seq: int, members: tuple[int, ...]) -> float:
+        per_node = (len(members),) if members[0] // rpn == members[-1] // rpn else tuple(node_counts(members, rpn))
+        key = (lengths[seq], per_node)
+        t = memo.get(key)
+        if t is None:
+            t = memo[key] = ring_stretch(cost, topology, lengths[seq], members)
+        return t
+    return stretch
