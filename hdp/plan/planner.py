@@ -182,13 +182,17 @@ def _pending(lengths: list[int], num_ranks: int, capacity: int, cost: CostModel,
         candidates = [] if aligned == placements else [aligned]
         candidates += widened_candidates(lengths, aligned, num_ranks, capacity, cost, topology)
         memo["widened", key] = [(w, layout_bound(lengths, [p.ranks for p in w], num_ranks, cost)) for w in candidates]
-    for wide, bound in memo["widened", key]:
-        # A candidate whose bound already exceeds the best cannot replace it: not scheduled at all.
+    # Lowest bound first, so a good plan early leaves more out: a candidate whose bound exceeds the
+    # best cannot replace it and is not scheduled. Ties go to the earlier candidate (base first), so
+    # the plan kept is the one the candidates' own order keeps.
+    rank = -1
+    for i, (wide, bound) in sorted(enumerate(memo["widened", key]), key=lambda c: c[1][1]):
         if bound > best.predicted_step_time_s * (1 + SLACK):
             continue
         other = draft_placed(lengths, wide, num_ranks, capacity, cost, s, max_len, seed, topology, memo)
-        if other.predicted_step_time_s < best.predicted_step_time_s:
-            best = other
+        t, b = other.predicted_step_time_s, best.predicted_step_time_s
+        if t < b or (t == b and i < rank):
+            best, rank = other, i
     return best
 
 
