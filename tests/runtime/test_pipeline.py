@@ -259,7 +259,6 @@ def test_stage_models_hold_the_whole_models_values_and_compose_to_its_logits():
 @pytest.mark.parametrize("flags, message", [
     (["--pp", "3"], "model tiny has 2 layers"),
     (["--pp", "2", "--model", "tiny-moe"], "mixture-of-experts"),
-    (["--pp", "2", "--tp", "2"], "--tp 2"),
     (["--pp", "2", "--offload"], "offloading"),
 ])
 def test_pp_refuses_what_it_cannot_run_in_one_line(capsys, flags, message):

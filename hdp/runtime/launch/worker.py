@@ -171,8 +171,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, local_rank: int, use
     zero = config.zero_for(hdp)  # sharded over this process's HDP pool
     optimizer = build_optimizer(model, config.lr, config.weight_decay, zero=zero, groups=groups)
     ckpt, start_step = open_checkpoint(config, run.stream.corpus.doc_lengths, optimizer, rank, world_size)
-    planned = planned_state_bytes(rank_num_params(model.cfg, mesh.tp) if tp is not None else optimizer.numel,
-                                  dtype=config.dtype, zero=zero, world_size=hdp).total
+    # With --tp/--pp the formula's, largest over the stages (as the recorded state_bytes is over ranks).
+    numels = ([rank_num_params(model.cfg, mesh.tp, mesh.pp, s) for s in range(mesh.pp)]
+              if tp is not None or mesh.pp > 1 else [optimizer.numel])
+    planned = max(planned_state_bytes(n, dtype=config.dtype, zero=zero, world_size=hdp).total for n in numels)
     fixed = {"tp": mesh.tp, "pp": mesh.pp, "zero": zero, **optimizer.precision.describe(), "recompute": config.recompute,
              "planned_state_bytes": planned}
     offload = None

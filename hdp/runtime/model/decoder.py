@@ -189,7 +189,8 @@ class Decoder(nn.Module):
         (the train step's chunked loss applies ``lm_head.weight`` itself, hdp.runtime.train.loss).
         With ``tp`` the logits are this rank's vocabulary columns [T, V / tp]; the hidden states are whole.
         A pipeline stage after the first takes the previous stage's output [T, h] as ``tokens``; one
-        before the last returns its last layer's output [T, h] (no norm, no head)."""
+        before the last returns its last layer's output [T, h] (no norm, no head); with ``tp`` both are
+        this rank's sequence shard [Tp/tp, h] (T is ``positions``' length)."""
         attention = self.attention if self.attention is not None else default_attention()
         self.routing = []
         if self.cfg.is_moe:  # a recomputed layer appends again in backward, after the loss has read these
@@ -215,7 +216,7 @@ class Decoder(nn.Module):
             return x
         x = self.model.norm(x)                                                  # [T, h]
         if tp is not None:
-            x = gather_sequence(x, tp, tokens.shape[0])
+            x = gather_sequence(x, tp, positions.shape[0])  # a later stage's tokens are its [Tp/tp, h] rows
         return self.lm_head(x) if head else x                                   # [T, V]
 
 
@@ -293,7 +294,7 @@ def gather_model(model: Decoder) -> Decoder:
         return model
     full = gather_parameters(list(model.named_parameters()), model.tp)
     with torch.device("meta"):
-        whole = Decoder(model.cfg)
+        whole = Decoder(model.cfg, stage=model.stage)  # --pp: this stage's layers, whole (pipeline.gather joins them)
     whole = whole.to(dtype=next(model.parameters()).dtype).to_empty(device=torch.device("cpu"))
     whole.load_state_dict({k: v.cpu() for k, v in full.items()})
     return whole

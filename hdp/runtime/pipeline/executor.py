@@ -7,7 +7,10 @@ runs the stage's layers and sends its output on; the last stage computes the los
 caller's ``loss_fn``, with the global denominator). A backward receives the output's gradient,
 runs autograd through the stage (gradients accumulate in the optimizer's flat buffer as in plain
 HDP) and sends the input's gradient back. Ring attention inside a layer meets the other pipelines'
-same stage in the same slot (``schedule.slots``).
+same stage in the same slot (``schedule.slots``). With ``--tp`` every TP rank t of a stage runs the
+same events and exchanges its own sequence shard [Tp/tp, h] (Tp = T padded to a multiple of tp) with
+TP rank t of the neighbouring stages (``Mesh.pipeline(h, t)``); the TP collectives inside a layer
+stay within the stage's TP group.
 
 Exactness: the stages compute exactly the whole model's layers on the same values; the only change
 is where the boundary activation's gradient is summed, so one process and P stages agree to rounding.
@@ -23,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hdp.runtime.model.tensor_parallel import padded_rows
 from hdp.runtime.parallel.mesh import Coord, Mesh
 from hdp.runtime.pipeline.p2p import ACTIVATION, GRADIENT, StageLink
 from hdp.runtime.pipeline.schedule import Event, slots, stage_order
@@ -56,6 +60,7 @@ def run_stage(model: nn.Module, plan: Any, inputs: Sequence[Any], mesh: Mesh, co
     last = s == P - 1
     first_param = next(model.parameters())
     dtype, device, hidden = first_param.dtype, first_param.device, model.cfg.hidden_size
+    tp = getattr(model, "tp", None)  # --tp: each TP rank sends and receives its sequence shard
     order = stage_order(plan_slots(plan)[coord.hdp], s, P)
     link = StageLink(mesh.pipeline(coord.hdp, coord.tp), s, coord.hdp, timeout_s, group)
     loss_share = torch.zeros((), dtype=torch.float64, device=device)
@@ -63,6 +68,8 @@ def run_stage(model: nn.Module, plan: Any, inputs: Sequence[Any], mesh: Mesh, co
     def receive(e: Event) -> tuple[torch.Tensor, int, int] | None:
         """The exact receive buffer ``e`` needs, from whom, on which stream (None: it needs none)."""
         rows = inputs[e.index].num_tokens
+        if tp is not None:  # [Tp/tp, h]: T padded to a multiple of tp (model.tensor_parallel)
+            rows = padded_rows(rows, tp.size) // tp.size
         if e.kind == "F" and s > 0:
             return torch.empty(rows, hidden, dtype=dtype, device=device), s - 1, ACTIVATION
         if e.kind == "B" and not last:

@@ -55,7 +55,7 @@ def micro_batch_loss(model: nn.Module, mb: Any, layer_context: Any, denom: int,
     With ``router`` (a mixture-of-experts model) the router losses' gradient is added: the value
     returned stays the cross-entropy (the step's ``loss``), the router terms are summed in ``router``.
     """
-    if isinstance(model, Decoder) and (model.tp is not None or use_chunked(mb.tokens.numel(), model.cfg.vocab_size)):
+    if isinstance(model, Decoder) and (model.tp is not None or use_chunked(mb.positions.shape[0], model.cfg.vocab_size)):
         hidden = model(mb.tokens, mb.positions, mb.attention, layer_context=layer_context, head=False)  # [T, h]
         ce = chunked_cross_entropy(hidden, model.lm_head.weight, mb.labels, ignore_index=IGNORE, scale=1.0 / denom,
                                    tp=model.tp)
