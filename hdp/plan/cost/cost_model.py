@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 
 from hdp.plan.cost.device import DeviceProfile, load_profile
-from hdp.plan.cost.memory import activation_bytes_per_token, check_options, format_bytes, layer_activation_bytes_per_token, state_bytes
+from hdp.plan.cost.memory import (activation_bytes_per_token, check_options, format_bytes,
+                                  layer_activation_bytes_per_token, rank_num_params, state_bytes)
 from hdp.plan.cost.model_config import ModelConfig, get_model
 
 ATTN_FWD_SHARE = 1.0 / 3.5
@@ -125,10 +126,14 @@ class CostModel:
         return self.act_bytes_per_token_layer * tokens
 
     def model_state_bytes(self, num_ranks: int) -> float:
-        """Parameters, gradients and optimizer states one rank holds during backward (the runtime's
-        flat buffers, ``hdp.plan.cost.memory.state_bytes(...).peak``) for its 1/(tp*pp) of the model."""
-        params = -(-self.model.num_params // (self.tp * self.pp))
-        return state_bytes(params, dtype=self.dtype, zero=self.zero, world_size=max(num_ranks, 1)).peak
+        """Parameters, gradients and optimizer states the fullest process holds during backward (the
+        runtime's flat buffers, ``hdp.plan.cost.memory.state_bytes(...).peak``, ZeRO over the
+        ``num_ranks`` HDP ranks of its (stage, TP index)): the worst stage of the runtime's layout
+        (``rank_num_params``: norms whole on every TP rank, the embedding on stage 0, the LM head on
+        the last), not 1/(tp*pp) of the model, which under-counts both. Every TP rank of a stage
+        holds the same count. ``num_params`` exactly when tp = pp = 1."""
+        return max(state_bytes(rank_num_params(self.model, self.tp, self.pp, stage), dtype=self.dtype,
+                               zero=self.zero, world_size=max(num_ranks, 1)).peak for stage in range(self.pp))
 
     def activation_bytes_per_token(self) -> float:
         """Activation bytes per token of capacity: all of a rank's layers, pp micro-batches in flight
