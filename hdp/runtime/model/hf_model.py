@@ -29,6 +29,7 @@ from hdp.plan.cost.model_config import ModelConfig
 from hdp.runtime.model.hf_attention import ATTN_IMPLEMENTATION, LAYOUT_KWARG, register
 from hdp.runtime.model.decoder import LayerContext
 from hdp.runtime.model.hf_parallel import apply_tp_plan
+from hdp.runtime.model.hf_stage import cut_to_stage, stage_forward
 from hdp.runtime.model.tensor_parallel import TensorParallel, gather_parameters
 from hdp.runtime.model.moe import Routing
 
@@ -123,7 +124,8 @@ def model_shape(config: Any, name: str) -> ModelConfig:
 class HFCausalLM(nn.Module):
     """A transformers causal LM with the built-in ``Decoder``'s forward: (tokens, positions, layout) -> logits."""
 
-    def __init__(self, hf: nn.Module, name: str = "hf", tp: TensorParallel | None = None) -> None:
+    def __init__(self, hf: nn.Module, name: str = "hf", tp: TensorParallel | None = None,
+                 stage: tuple[int, int] = (0, 1)) -> None:
         super().__init__()
         register()
         hf.set_attn_implementation(ATTN_IMPLEMENTATION)  # transformers' own switch (checks the name is registered)
@@ -133,6 +135,10 @@ class HFCausalLM(nn.Module):
         """``--tp``: this rank holds its shards of transformers' TP plan (``hf_parallel``); logits stay whole."""
         if self.tp is not None:
             apply_tp_plan(hf, self.tp)
+        self.stage = stage
+        """``--pp``: (s, P), this rank holds pipeline stage s's modules only (``hf_stage``); (0, 1) is the whole model."""
+        if stage[1] > 1:
+            cut_to_stage(hf, stage)
         self.routing: list[Routing] = []
         """Each MoE layer's routing in the last forward, in layer order (empty for a dense model)."""
         if self.cfg.is_moe:
@@ -150,6 +156,8 @@ class HFCausalLM(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, layout: Any, *,
                 layer_context: LayerContext | None = None) -> torch.Tensor:
         self.routing = []  # a recomputed layer (--recompute full) appends again in backward, after the loss read it
+        if self.stage[1] > 1:  # tokens or the previous stage's [T, h] -> [T, h], or logits on the last stage
+            return stage_forward(self.hf, tokens, positions, layout)
         with _layer_hooks(self.layers, layer_context):
             out = self.hf(input_ids=tokens[None], position_ids=positions[None], use_cache=False,
                           **{LAYOUT_KWARG: layout})
@@ -201,11 +209,12 @@ def _experts_kwargs(config: Any, dtype: torch.dtype) -> dict[str, str]:
 
 def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.device, seed: int,
                    max_seq_len: int = 1 << 30, recompute: bool = False,
-                   tp: TensorParallel | None = None) -> HFCausalLM:
+                   tp: TensorParallel | None = None, stage: tuple[int, int] = (0, 1)) -> HFCausalLM:
     """Load ``source`` (a directory, or a config object) with hdp attention; weights if present, else random.
 
     A random init is seeded with ``seed`` alone, so every rank builds identical weights without a broadcast.
-    ``tp``: the whole model is loaded, then cut to this rank's shards (``hf_parallel.apply_tp_plan``).
+    ``tp``: the whole model is loaded, then cut to this rank's shards (``hf_parallel.apply_tp_plan``);
+    ``stage`` (s, P): the whole model is loaded, then cut to stage s's modules (``hf_stage.cut_to_stage``).
     """
     from transformers import AutoModelForCausalLM
 
@@ -234,6 +243,8 @@ def build_hf_model(source: str | Any, *, dtype: torch.dtype, device: torch.devic
     hf.train()
     if recompute:  # transformers' own per-layer checkpointing, non-reentrant like the built-in model's
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if stage[1] > 1:  # cut on the host first: the device only ever holds this stage's modules
+        return HFCausalLM(hf, name, tp, stage).to(device)
     return HFCausalLM(hf.to(device), name, tp)
 
 

@@ -77,7 +77,8 @@ def build_train_model(config: TrainConfig, device: torch.device, tp: Any = None,
         from hdp.runtime.model.hf_model import build_hf_model
 
         model = build_hf_model(config.hf_model, dtype=config.torch_dtype, device=device, seed=config.seed,
-                               max_seq_len=config.max_seq_len, recompute=config.recompute == "full", tp=tp)
+                               max_seq_len=config.max_seq_len, recompute=config.recompute == "full", tp=tp,
+                               stage=stage)
     if model.cfg.is_moe:  # the train step's router losses (hdp.runtime.train.aux_loss) read it
         model.router_spec = config.router_spec
     return model
