@@ -383,6 +383,24 @@ def sim_vs_runtime(data: list) -> str:
             + grid(["strategy", "simulated / measured, mean", "per step", "measured step"], rows))
 
 
+@table("pp_bubble", "python benchmarks/pp_bubble.py --json-out benchmarks/results/pp_bubble_cpu.json",
+       "pp_bubble_cpu.json")
+def pp_bubble(data: dict) -> str:
+    rows = []
+    for r in data["runs"]:
+        steps = r["steps"]
+        mbs = sorted({n for s in steps for n in s["micro_batches"]})
+        rows.append([f"`--pp {r['pp']}`", r["pipelines"], "/".join(map(str, mbs)),
+                     span([s["measured"] for s in steps[1:]]), span([s["simulated"] for s in steps[1:]]),
+                     span([s["predicted"] for s in steps[1:]]), span([s["ratio"] for s in steps[1:]]),
+                     f"{r['mean_ratio']:.2f}"])
+    return (f"`{data['model']}`, {data['nproc']} CPU processes, {data['tokens']:,}-token batches, max length "
+            f"{data['max_len']:,}, profile `{data['profile']}`, steps 1–{len(data['runs'][0]['steps']) - 1} "
+            "(step 0 is warm-up):\n\n"
+            + grid(["stages", "pipelines", "micro-batches per pipeline", "measured bubble", "simulated (1F1B)",
+                    "planner", "measured / simulated", "mean"], rows))
+
+
 @table("offload_ratios", "python benchmarks/offload.py --cpu --json-out benchmarks/results/offload_cpu.json",
        "offload_cpu.json")
 def offload_ratios(data: dict) -> str:
