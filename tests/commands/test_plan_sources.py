@@ -180,5 +180,5 @@ def test_plot_lengths_takes_a_token_store_and_refuses_other_paths_in_one_line(ca
             refused(capsys, "plot", "--lengths", str(tmp_path / "binary"), "--out", str(png)),
             refused(capsys, "plot", "--lengths", str(tmp_path / "missing"), "--out", str(png))]
     assert "is a directory but not a token store" in said[0]
-    assert "is not a text file" in said[1]
+    assert "is not text" in said[1]
     assert "No such file" in said[2]
