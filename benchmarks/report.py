@@ -172,15 +172,19 @@ def ablation(data: dict) -> str:
 def scaling(data: dict) -> str:
     ctxs = sorted({r["max_len"] for r in data["rows"]})
     rows = []
-    for key in dict.fromkeys((r["model"], r["gpus"], r["tp"], r["dist"]) for r in data["rows"]):
-        cells = {r["max_len"]: r for r in data["rows"] if (r["model"], r["gpus"], r["tp"], r["dist"]) == key}
-        row = [key[0], f"{key[1]:,}", key[2], f"{next(iter(cells.values()))['capacity']:,}", DIST[key[3]]]
+    for key in dict.fromkeys((r["model"], r["gpus"], r["tp"], r["pp"], r["dist"]) for r in data["rows"]):
+        cells = {r["max_len"]: r for r in data["rows"] if (r["model"], r["gpus"], r["tp"], r["pp"], r["dist"]) == key}
+        model, gpus, tp, pp, dist = key
+        row = [model, f"{gpus:,}", tp, pp, f"{gpus // (tp * pp):,}", f"{next(iter(cells.values()))['capacity']:,}",
+               DIST[dist]]
         for c in ctxs:
             s = cells[c]["strategies"] if c in cells else None
-            row.append("–" if s is None else f"{s['hdp']['speedup_vs_static']:.2f}x ({s['pow2']['speedup_vs_static']:.2f}x)")
+            row.append("–" if s is None else f"{s['hdp']['speedup_vs_static']:.2f}x / "
+                       f"{s['hdp-balance']['speedup_vs_static']:.2f}x ({s['pow2']['speedup_vs_static']:.2f}x)")
         rows.append(row)
-    return ("`hdp` over static (pow2 over static in brackets), one batch (seed 0) per cell, flat rings; "
-            "HDP ranks = GPUs / tp = 1,024:\n\n" + grid(["model", "GPUs", "tp", "C", "batch"] + [k(c) for c in ctxs], rows))
+    return ("`hdp` / `hdp-balance` (no offloading) over static, pow2 over static in brackets; one batch (seed 0) "
+            "per cell, flat rings; C from the runtime's memory layout:\n\n"
+            + grid(["model", "GPUs", "tp", "pp", "HDP ranks", "C", "batch"] + [k(c) for c in ctxs], rows))
 
 
 @table("rings", "python benchmarks/ring_targets.py", "ring_targets.json")
