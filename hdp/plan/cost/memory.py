@@ -1,6 +1,7 @@
 """Bytes one rank holds: model states (parameters, gradients, optimizer) and activations per token.
 
-One formula for the planner's derived capacity (``CostModel.derived_capacity``) and for the runtime,
+One formula for the planner's derived capacity (``CostModel.derived_capacity``, over the fullest
+stage and TP rank's ``rank_num_params``) and for the runtime,
 whose sharded optimizer (``hdp.runtime.optim.zero``) allocates exactly these buffers; a test checks the
 runtime's measured ``state_bytes`` against it. Pure Python: the planner never imports torch.
 
@@ -36,7 +37,7 @@ class StateBytes:
     """Bytes of one rank's model states, by kind."""
 
     params: int
-    """Compute-dtype parameters (the whole model: every rank runs every layer)."""
+    """Compute-dtype parameters: every layer of the process's stage and TP shard (``rank_num_params``)."""
     grads: int
     """Gradient buffer held between steps."""
     grads_peak: int
